@@ -1,0 +1,1 @@
+"""Payload generators: specs (validation) live in ``specs``; runtime in ``build``."""

@@ -1,0 +1,48 @@
+"""Start-up split in two: what every device shares, and what each one owns.
+
+The tower forks devices from a preloaded zygote. Everything here is done
+once in the zygote (imports, lot parsing and template compilation, TLS
+contexts) and then shared copy-on-write by every device; ``gc.freeze()``
+after preloading keeps the collector from touching (and so copying) those
+pages in the children.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mockfleet.mock.lot import MockLot, load_lot
+
+
+@dataclass(frozen=True)
+class LoadedLot:
+    """A validated lot plus everything compiled from it, shared by its devices."""
+
+    path: str
+    lot: MockLot
+
+
+_CACHE: dict[tuple[str, int, int], LoadedLot] = {}
+
+
+def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
+    """Load (or reuse) a lot; the cache key includes mtime and size so an edited
+    file is read again. Raises LotError for an invalid lot."""
+    real = str(Path(path).resolve())
+    st = os.stat(real)
+    key = (real, st.st_mtime_ns, st.st_size)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = LoadedLot(path=real, lot=load_lot(real))
+        _CACHE[key] = hit
+    return hit
+
+
+def preload(lot_paths: tuple[str, ...] = ()) -> None:
+    """Import the runtime and sinks, and load the given lots, before forking."""
+    import mockfleet.mock.runtime  # noqa: F401
+
+    for p in lot_paths:
+        loaded_lot(p)
