@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mockfleet.mock.device import CompiledLot
 from mockfleet.mock.lot import MockLot, load_lot
 
 
@@ -22,6 +23,11 @@ class LoadedLot:
 
     path: str
     lot: MockLot
+    compiled: CompiledLot
+
+    @classmethod
+    def from_lot(cls, lot: MockLot, path: str = "<lot>") -> LoadedLot:
+        return cls(path=path, lot=lot, compiled=CompiledLot.build(lot))
 
 
 _CACHE: dict[tuple[str, int, int], LoadedLot] = {}
@@ -35,14 +41,16 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
     key = (real, st.st_mtime_ns, st.st_size)
     hit = _CACHE.get(key)
     if hit is None:
-        hit = LoadedLot(path=real, lot=load_lot(real))
+        hit = LoadedLot.from_lot(load_lot(real), real)
         _CACHE[key] = hit
     return hit
 
 
 def preload(lot_paths: tuple[str, ...] = ()) -> None:
-    """Import the runtime and sinks, and load the given lots, before forking."""
+    """Import the runtime and the sinks the lots use, load the lots and build
+    their TLS contexts, before forking."""
     import mockfleet.mock.runtime  # noqa: F401
+    from mockfleet.mock.sinks.factory import preload_sink
 
     for p in lot_paths:
-        loaded_lot(p)
+        preload_sink(loaded_lot(p).lot.spec.sink)

@@ -1,0 +1,357 @@
+"""One device's behaviour on a simulated clock: samples, states, faults, envelope.
+
+Pure and deterministic: the engine is driven by the times it is given and
+does no I/O, so ``mockfleet preview`` and the live runtime share every line
+of it, and tests can run a day of device life in milliseconds.
+
+The runtime asks :meth:`DeviceEngine.next_due` when to wake, calls
+:meth:`DeviceEngine.tick` at that (simulated) time and sends what comes back;
+downlink commands go to :meth:`DeviceEngine.on_command`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from mockfleet.mock import faults as faultlib
+from mockfleet.mock import seeding
+from mockfleet.mock.generators.base import Context
+from mockfleet.mock.generators.expr import ExprError, compile_expr
+from mockfleet.mock.lot import Fault, MockLot, State
+from mockfleet.mock.template import TemplateInstance, compile_states, render_variables
+
+#: The state name used when a lot defines no states.
+DEFAULT_STATE = "default"
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+@dataclass(slots=True)
+class Message:
+    """One message ready to send (sent_at is stamped by :meth:`DeviceEngine.encode`)."""
+
+    obj: Any
+    seq: int
+    malformed: bool = False
+    oversize: int = 0
+    #: True for the second copy of a duplicated message
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class CompiledLot:
+    """What all devices of a lot share: built once (in the tower's zygote)."""
+
+    lot: MockLot
+    templates: dict[str, Any]
+    states: dict[str, State]
+    initial: str
+
+    @classmethod
+    def build(cls, lot: MockLot) -> CompiledLot:
+        spec = lot.spec
+        if spec.states:
+            states = dict(spec.states)
+            initial = spec.initialState or next(iter(states))
+        else:
+            states = {DEFAULT_STATE: State()}
+            initial = DEFAULT_STATE
+        compiled = compile_states(lot)
+        templates = {name: compiled.get(name, compiled.get("")) for name in states}
+        return cls(lot=lot, templates=templates, states=states, initial=initial)
+
+
+class DeviceEngine:
+    """The life of device ``index`` of a lot, on simulated time."""
+
+    def __init__(self, compiled: CompiledLot, index: int, start: float) -> None:
+        lot = compiled.lot
+        spec = lot.spec
+        self.compiled = compiled
+        self.lot = lot
+        self.index = index
+        self.device_id = lot.device_id(index)
+        self.seed = seeding.device_seed(spec.seed, index)
+        self._rng_faults = seeding.stream(self.seed, "faults")
+        self._rng_states = seeding.stream(self.seed, "transitions")
+        self._rng_timing = seeding.stream(self.seed, "timing")
+        self.vars = render_variables(lot, self.seed, index, self.device_id)
+        self.names: dict[str, Any] = {
+            "id": self.device_id,
+            "index": index,
+            "lot": lot.name,
+            **self.vars,
+        }
+        self.ctx = Context(device_id=self.device_id, index=index, lot=lot.name, vars=self.vars)
+        self._generators: dict[str, Any] = {}
+        self._instances: dict[str, TemplateInstance] = {}
+        self.skew = faultlib.skew_for_device(spec.faults, self._rng_faults)
+        self.started = start
+        self.samples = 0
+        self.messages = 0
+        self.dropped = 0
+        self.errors: list[str] = []
+        self.finished: str | None = None
+        self.state = ""
+        self.state_since = start
+        self._bulk: list[Any] = []
+        self._held: Message | None = None
+        self._offline_until = 0.0
+        self._offline_buffer: deque[Message] = deque()
+        self._offline_limit = 0
+        self._buffering = False
+        timing = spec.timing
+        first = start + timing.startOffset
+        if timing.startSpread > 0:
+            first += self._rng_timing.random() * timing.startSpread
+        self._next_sample = first
+        self._enter(compiled.initial, start)
+
+    # ------------------------------------------------------------------ schedule
+
+    @property
+    def state_spec(self) -> State:
+        return self.compiled.states[self.state]
+
+    def interval(self) -> float:
+        return self.state_spec.interval or self.lot.spec.timing.interval
+
+    def _after_deadline(self) -> float | None:
+        deadlines = [self.state_since + t.after for t in self.state_spec.transitions if t.after]
+        return min(deadlines) if deadlines else None
+
+    def next_due(self) -> float:
+        """Simulated time of the next thing to do (a sample, a timed transition,
+        the end of the device's duration, or the end of an offline spell)."""
+        due = self._next_sample
+        deadline = self._after_deadline()
+        if deadline is not None and deadline < due:
+            due = deadline
+        duration = self.lot.spec.timing.duration
+        if duration is not None and self.started + duration < due:
+            due = self.started + duration
+        if self._offline_until and self._offline_until < due:
+            due = self._offline_until
+        return due
+
+    # ------------------------------------------------------------------ states
+
+    def _enter(self, state: str, now: float) -> None:
+        self.state = state
+        self.state_since = now
+        self.ctx.state = state
+        if self.state_spec.terminal:
+            self.finished = f"terminal state {state}"
+
+    def _instance(self) -> TemplateInstance:
+        inst = self._instances.get(self.state)
+        if inst is None:
+            inst = self.compiled.templates[self.state].instantiate(self.seed, self._generators)
+            self._instances[self.state] = inst
+        return inst
+
+    def _faults(self) -> list[Fault]:
+        extra = self.state_spec.faults
+        return [*self.lot.spec.faults, *extra] if extra else self.lot.spec.faults
+
+    def on_command(self, command: str, now: float) -> bool:
+        """Apply a downlink command; True when it caused a transition."""
+        for tr in self.state_spec.transitions:
+            if tr.command is not None and tr.command == command:
+                self._enter(tr.to, now)
+                return True
+        return False
+
+    def _transition_after_message(self, fields: Any, now: float) -> None:
+        for tr in self.state_spec.transitions:
+            if tr.probability is not None:
+                if self._rng_states.random() < tr.probability:
+                    self._enter(tr.to, now)
+                    return
+            elif tr.when is not None:
+                env = {**self.names, **(fields if isinstance(fields, dict) else {})}
+                env.update(state=self.state, seq=self.ctx.seq, t=self.ctx.elapsed)
+                try:
+                    hit = bool(compile_expr(tr.when)(env))
+                except (ExprError, ArithmeticError, TypeError, ValueError) as exc:
+                    self.errors.append(f"state {self.state}: when {tr.when!r}: {exc}")
+                    continue
+                if hit:
+                    self._enter(tr.to, now)
+                    return
+
+    # ------------------------------------------------------------------ ticking
+
+    def tick(self, now: float) -> list[Message]:
+        """Do everything due at simulated time ``now``; return messages to send."""
+        if self.finished:
+            return []
+        out: list[Message] = []
+        duration = self.lot.spec.timing.duration
+        if duration is not None and now >= self.started + duration:
+            self.finished = "duration reached"
+            return self._flush_pending(out)
+        if self._offline_until and now >= self._offline_until:
+            self._offline_until = 0.0
+            # reconnect: the buffered backlog goes out in one burst
+            out.extend(self._offline_buffer)
+            self._offline_buffer.clear()
+        deadline = self._after_deadline()
+        if deadline is not None and now >= deadline:
+            for tr in self.state_spec.transitions:
+                if tr.after is not None and now >= self.state_since + tr.after:
+                    self._enter(tr.to, now)
+                    break
+            if self.finished:
+                return self._flush_pending(out)
+        if now >= self._next_sample:
+            self._sample(now, out)
+            jitter = self.lot.spec.timing.jitter
+            step = self.interval()
+            if jitter:
+                step += (self._rng_timing.random() * 2 - 1) * jitter
+            # keep the schedule anchored: late ticks do not push later samples back
+            self._next_sample = max(self._next_sample + step, now) if step > 0 else now
+        if self.finished:
+            return self._flush_pending(out)
+        return out
+
+    def _flush_pending(self, out: list[Message]) -> list[Message]:
+        """On the way out: whatever was held back or buffered is still sent."""
+        if self._held is not None:
+            out.append(self._held)
+            self._held = None
+        out.extend(self._offline_buffer)
+        self._offline_buffer.clear()
+        if self._bulk:
+            out.extend(self._emit_bulk(self._bulk))
+            self._bulk = []
+        return out
+
+    def _sample(self, now: float, out: list[Message]) -> None:
+        if self.state_spec.offline:
+            return
+        spec = self.lot.spec
+        decision = faultlib.decide(self._faults(), self._rng_faults)
+        ctx = self.ctx
+        ctx.now = now
+        ctx.elapsed = now - self.started
+        ctx.in_state = now - self.state_since
+        ctx.time_offset = self.skew - decision.late_by
+        ctx.seq = self.messages
+        instance = self._instance()
+        sample = instance.render(ctx)
+        err = getattr(instance, "last_error", None)
+        if err:
+            self.errors.append(err)
+        self.samples += 1
+        if spec.payload.bulk > 1:
+            self._bulk.append(sample)
+            if len(self._bulk) < spec.payload.bulk:
+                self._transition_after_message(sample, now)
+                return
+            batch, self._bulk = self._bulk, []
+            messages = self._emit_bulk(batch)
+        else:
+            messages = [self._wrap(sample)]
+        for msg in messages:
+            msg.malformed = decision.malformed
+            msg.oversize = decision.oversize
+            self._route(msg, decision, now, out)
+        max_messages = spec.timing.maxMessages
+        if max_messages is not None and self.messages >= max_messages:
+            self.finished = "message count reached"
+        self._transition_after_message(sample, now)
+
+    def _emit_bulk(self, batch: list[Any]) -> list[Message]:
+        return [self._wrap({self.lot.spec.payload.bulkField: batch})]
+
+    def _wrap(self, body: Any) -> Message:
+        """Number the message and add the envelope (sent_at is stamped at send)."""
+        seq = self.messages
+        self.messages += 1
+        env = self.lot.spec.envelope
+        if env.enabled and isinstance(body, dict):
+            body = {env.deviceField: self.device_id, env.seqField: seq, **body}
+        return Message(obj=body, seq=seq)
+
+    def _route(self, msg: Message, d: faultlib.Decision, now: float, out: list[Message]) -> None:
+        """Apply drop / offline / out-of-order / duplicate to one message."""
+        if d.drop:
+            self.dropped += 1
+            return
+        if d.offline_for and not self._offline_until:
+            self._offline_until = now + d.offline_for
+            self._buffering = d.offline_buffer
+            self._offline_limit = d.offline_limit
+        if self._offline_until:
+            if self._buffering:
+                self._offline_buffer.append(msg)
+                if len(self._offline_buffer) > self._offline_limit:
+                    self._offline_buffer.popleft()
+                    self.dropped += 1
+            else:
+                self.dropped += 1
+            return
+        if d.out_of_order and self._held is None:
+            self._held = msg
+            return
+        out.append(msg)
+        if d.duplicate:
+            out.append(Message(msg.obj, msg.seq, msg.malformed, msg.oversize, duplicate=True))
+        if self._held is not None and self._held is not msg:
+            out.append(self._held)
+            self._held = None
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, msg: Message, sent_at: float) -> bytes:
+        """Serialise a message; faults that change bytes happen here."""
+        payload = self.lot.spec.payload
+        env = self.lot.spec.envelope
+        obj = msg.obj
+        if payload.format == "text":
+            fields = dict(self.names)
+            if isinstance(obj, dict):
+                fields.update(obj)
+            fields[env.sentAtField] = round(sent_at, 6)
+            fields.setdefault("seq", msg.seq)
+            try:
+                body = payload.text.format_map(fields).encode()  # type: ignore[union-attr]
+            except (KeyError, ValueError, IndexError) as exc:
+                self.errors.append(f"text template: {exc}")
+                body = b""
+        else:
+            if env.enabled and isinstance(obj, dict):
+                obj = dict(obj)
+                obj[env.sentAtField] = round(sent_at, 6)
+            body = _DUMPS(obj).encode()
+            if msg.oversize and isinstance(obj, dict) and len(body) < msg.oversize:
+                obj = dict(obj)
+                faultlib.pad_to(obj, msg.oversize, len(body))
+                body = _DUMPS(obj).encode()
+        if msg.malformed:
+            body = faultlib.corrupt(body, self._rng_faults)
+        return body
+
+
+def preview(
+    compiled: CompiledLot, index: int, count: int, start: float
+) -> list[tuple[float, bytes, str]]:
+    """The first ``count`` messages of a device on a simulated clock:
+    (simulated send time, body, state). Nothing is sent."""
+    engine = DeviceEngine(compiled, index, start)
+    out: list[tuple[float, bytes, str]] = []
+    guard = 0
+    while len(out) < count and not engine.finished:
+        now = engine.next_due()
+        for msg in engine.tick(now):
+            out.append((now, engine.encode(msg, now), engine.state))
+            if len(out) >= count:
+                break
+        guard += 1
+        if guard > count * 1000 + 10000:
+            break  # e.g. a device that stays offline forever
+    return out
