@@ -1,0 +1,62 @@
+"""``make_sink``: the one entry point that turns a lot's sink spec into a Sink.
+
+Concrete sinks are imported on first use, so a device that writes to stdout
+never imports paho or http.client (the preloading parent imports them all once,
+and forked devices share those pages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from mockfleet.mock import lot
+from mockfleet.mock.sinks.base import FatalSinkError, Sink
+
+#: sink type -> (module, class) of its implementation
+SINK_CLASSES: dict[str, tuple[str, str]] = {
+    "stdout": ("mockfleet.mock.sinks.stdout", "StdoutSink"),
+    "file": ("mockfleet.mock.sinks.file", "FileSink"),
+    "http": ("mockfleet.mock.sinks.http", "HttpSink"),
+    "mqtt": ("mockfleet.mock.sinks.mqtt", "MqttSink"),
+}
+
+SinkSpec = lot.StdoutSink | lot.FileSink | lot.HttpSink | lot.MqttSink
+
+
+def sink_class(kind: str) -> type[Sink]:
+    """The implementation class for a sink ``type`` (imports its module)."""
+    module, name = SINK_CLASSES[kind]
+    cls: type[Sink] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def make_sink(spec: SinkSpec, names: Mapping[str, Any]) -> Sink:
+    """A closed sink for one device. ``names`` renders the templates in url,
+    path, topic, clientId, commandTopic and the will topic: ``id``, ``index``,
+    ``lot`` plus the lot's constants and the device's variables.
+
+    Raises FatalSinkError when a template uses a name that is not given.
+    """
+    cls = sink_class(spec.type)
+    return cls(spec, names)  # type: ignore[call-arg]
+
+
+def preload_sink(spec: SinkSpec) -> None:
+    """Do before forking what every device of a lot would otherwise repeat:
+    import the sink's module and build its TLS context (cached by spec).
+
+    A broken TLS setting is left for each device to report at ``open`` (with
+    the device's name in the log), so preloading never fails for it.
+    """
+    sink_class(spec.type)
+    tls = getattr(spec, "tls", None)
+    if tls is not None and (spec.type == "mqtt" or getattr(spec, "url", "").startswith("https:")):
+        import ssl
+
+        from mockfleet.mock.sinks.tls import ssl_context
+
+        with contextlib.suppress(FatalSinkError):
+            ssl_context(tls, ssl.Purpose.SERVER_AUTH)
