@@ -73,6 +73,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 CONSTANTS = {"pi": math.pi, "e": math.e, "true": True, "false": False, "null": None}
 _MAX_POW = 1000  # 10 ** 10 ** 10 would hang a device; no sensor needs exponents like that
+_MAX_BITS = 4096  # integers beyond this are no sensor value, only a way to hang a device
+_MAX_ITEMS = 100_000
 
 
 class ExprError(ValueError):
@@ -82,7 +84,24 @@ class ExprError(ValueError):
 def _pow(a: Any, b: Any) -> Any:
     if isinstance(b, int | float) and abs(b) > _MAX_POW:
         raise ExprError(f"exponent {b} is too large")
+    # (10 ** 999) ** 999 passes the exponent check but is a 3-million-bit integer
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and a.bit_length() * b > _MAX_BITS:
+        raise ExprError("result of ** is too large")
     return op.pow(a, b)
+
+
+def _mul(a: Any, b: Any) -> Any:
+    # 'x' * 10 ** 9 would allocate a gigabyte in the device
+    for seq, n in ((a, b), (b, a)):
+        if isinstance(seq, str | list) and isinstance(n, int) and len(seq) * n > _MAX_ITEMS:
+            raise ExprError("repeated string or list is too long")
+    if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > _MAX_BITS:
+        raise ExprError("result of * is too large")
+    return op.mul(a, b)
+
+
+#: operators that can make huge values from small expressions, with size checks
+_GUARDED: dict[type[ast.operator], Callable[[Any, Any], Any]] = {ast.Pow: _pow, ast.Mult: _mul}
 
 
 def _get(container: Any, key: Any) -> Any:
@@ -129,7 +148,7 @@ def _compile(node: ast.AST, source: str) -> Compiled:
         index = _compile(node.slice, source)
         return lambda env: _get(base(env), index(env))
     if isinstance(node, ast.BinOp):
-        fn = _pow if isinstance(node.op, ast.Pow) else _BINOPS.get(type(node.op))
+        fn = _GUARDED.get(type(node.op)) or _BINOPS.get(type(node.op))
         if fn is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed")
         left, right = _compile(node.left, source), _compile(node.right, source)
