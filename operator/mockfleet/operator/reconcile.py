@@ -1,0 +1,188 @@
+"""Bringing one lot's children and status in line with its spec.
+
+Called by the kopf handlers (on create/update/resume and from a timer); all
+Kubernetes calls go through :class:`~mockfleet.operator.kube.Kube`, all
+decisions are in the pure modules (assignment, builders, nodes, status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from mockfleet.mock.lot import LotError, MockLot, parse_lot
+from mockfleet.operator.assignment import Assignment, assign
+from mockfleet.operator.builders import build_plan_configmap, build_tower_daemonset, read_plan
+from mockfleet.operator.kube import Kube, KubeError, fetch_json
+from mockfleet.operator.names import plan_configmap_name, selector_string, tower_selector
+from mockfleet.operator.nodes import eligible_nodes
+from mockfleet.operator.settings import OperatorSettings
+from mockfleet.operator.status import (
+    INVALID,
+    TowerReport,
+    build_status,
+    flips,
+    get_condition,
+    invalid_status,
+    now_iso,
+)
+
+#: Called for every Kubernetes Event to post: (type, reason, message).
+EventSink = Callable[[str, str, str], None]
+
+
+@dataclass
+class Outcome:
+    """What one reconciliation did (for logs and tests)."""
+
+    lot: MockLot | None
+    status: dict[str, Any]
+    children: dict[str, str] = field(default_factory=dict)
+    assignment: Assignment = field(default_factory=dict)
+
+
+def lot_source(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def _manifest(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's part of the object (kopf bodies are read-only views)."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": dict(body.get("spec") or {}),
+    }
+
+
+async def tower_reports(
+    session: aiohttp.ClientSession,
+    pods: Sequence[Mapping[str, Any]],
+    lot: str,
+    port: int,
+    timeout: float,
+) -> list[TowerReport]:
+    """GET /status from every running tower pod, concurrently; failures become reports too."""
+
+    async def one(pod: Mapping[str, Any]) -> TowerReport:
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
+        name = str((pod.get("metadata") or {}).get("name") or "")
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip:
+            return TowerReport(node, name, None, "no pod IP yet")
+        try:
+            data = await fetch_json(session, f"http://{ip}:{port}/status", timeout)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return TowerReport(node, name, None, f"{type(exc).__name__}: {exc}")
+        stats = (data.get("lots") or {}).get(lot) if isinstance(data, dict) else None
+        return TowerReport(node, name, stats if isinstance(stats, dict) else {})
+
+    return list(await asyncio.gather(*(one(p) for p in pods)))
+
+
+async def reconcile(
+    *,
+    body: Mapping[str, Any],
+    kube: Kube,
+    settings: OperatorSettings,
+    adopt: Callable[[list[dict[str, Any]]], None],
+    post_event: EventSink,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    session: aiohttp.ClientSession | None = None,
+) -> Outcome:
+    """Validate, assign, apply the plan ConfigMap and DaemonSet, and compute the status.
+
+    Returns the new status in :attr:`Outcome.status`; the caller writes it.
+    ``session`` (for tower /status calls) is given by the periodic refresh only.
+    """
+    meta = body.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "default")
+    generation = meta.get("generation")
+    old_conditions = list((body.get("status") or {}).get("conditions") or [])
+    now = now_iso()
+
+    try:
+        lot = parse_lot(_manifest(body), lot_source(body))
+    except LotError as exc:
+        message = "; ".join(exc.problems)
+        previous = get_condition(old_conditions, INVALID)
+        if not (
+            previous and previous.get("status") == "True" and previous.get("message") == message
+        ):
+            post_event("Warning", "InvalidSpec", message[:1000])
+            logger.warning("lot=%s invalid spec: %s", lot_source(body), message)
+        return Outcome(None, invalid_status(old_conditions, message, generation, now))
+
+    nodes = eligible_nodes(await kube.list("v1", "nodes"), lot)
+    current_cm = await kube.get("v1", "configmaps", namespace, plan_configmap_name(lot.name))
+    assignment = assign(
+        lot.spec.devices, nodes, read_plan(current_cm or {}), lot.spec.tower.maxDevicesPerTower
+    )
+    children = [
+        build_plan_configmap(lot, assignment, generation),
+        build_tower_daemonset(lot, settings),
+    ]
+    adopt(children)
+    done: dict[str, str] = {}
+    for child in children:
+        action, _ = await kube.apply(child, namespace)
+        done[f"{child['kind']}/{child['metadata']['name']}"] = action
+        if action != "unchanged":
+            logger.info(
+                "lot=%s %s %s", lot.name, action, f"{child['kind']}/{child['metadata']['name']}"
+            )
+
+    selector = tower_selector(lot.name)
+    reports: list[TowerReport] = []
+    if session is not None:
+        pods = await kube.list("v1", "pods", namespace, selector_string(selector))
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        reports = await tower_reports(
+            session, running, lot.name, settings.tower_port, settings.status_timeout
+        )
+    status = build_status(
+        devices=lot.spec.devices,
+        paused=lot.spec.paused,
+        assignment=assignment,
+        reports=reports,
+        conditions=old_conditions,
+        generation=generation,
+        selector=selector_string(selector),
+        now=now,
+    )
+    for cond in flips(old_conditions, status["conditions"]):
+        if cond["type"] == INVALID and cond["status"] == "False" and not old_conditions:
+            continue  # a valid new lot is not news
+        kind = "Warning" if _is_bad(cond) else "Normal"
+        post_event(kind, f"{cond['type']}{cond['status']}", cond.get("message") or cond["reason"])
+    return Outcome(lot, status, done, assignment)
+
+
+def _is_bad(cond: Mapping[str, Any]) -> bool:
+    bad_when_true = {"Degraded", "Invalid"}
+    if cond["type"] in bad_when_true:
+        return bool(cond["status"] == "True")
+    return cond["status"] == "False" and cond.get("reason") not in {
+        "Starting",
+        "InProgress",
+        "Paused",
+    }
+
+
+def write_status(patch_status: MutableMapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Copy a computed status into kopf's patch (merge-patch semantics)."""
+    for key, value in status.items():
+        patch_status[key] = value
+
+
+def is_transient(exc: BaseException) -> bool:
+    """API errors worth a retry (server trouble, conflicts), as opposed to our own bugs."""
+    return isinstance(exc, KubeError) and (
+        exc.status == 0 or exc.status in {409, 429} or exc.status >= 500
+    )
