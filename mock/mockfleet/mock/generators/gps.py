@@ -29,7 +29,13 @@ def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dl = math.radians(lon2 - lon1)
     x = math.sin(dl) * math.cos(p2)
     y = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
-    return math.degrees(math.atan2(x, y)) % 360.0
+    return _wrap360(math.degrees(math.atan2(x, y)))
+
+
+def _wrap360(deg: float) -> float:
+    # -1e-300 % 360.0 is 360.0 in floating point; headings live in [0, 360)
+    h = deg % 360.0
+    return 0.0 if h >= 360.0 else h
 
 
 def intermediate(
@@ -103,5 +109,5 @@ class Route:
         if fraction < 1 - 1e-9 and leg > 0:
             heading = bearing_deg(lat, lon, lat2, lon2)
         else:  # at the end of the leg: keep the direction of arrival
-            heading = (bearing_deg(lat2, lon2, lat1, lon1) + 180.0) % 360.0
+            heading = _wrap360(bearing_deg(lat2, lon2, lat1, lon1) + 180.0)
         return lat, lon, heading
