@@ -15,7 +15,13 @@ import sys
 from collections.abc import Sequence
 
 #: cli modules, in the order their subcommands appear in --help
-COMPONENT_CLIS = ("mockfleet.mock.cli", "mockfleet.tower.cli", "mockfleet.operator.cli")
+COMPONENT_CLIS = (
+    "mockfleet.mock.cli",
+    "mockfleet.tower.cli",
+    "mockfleet.tower.run_cli",
+    "mockfleet.tower.receive_cli",
+    "mockfleet.operator.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
