@@ -290,3 +290,10 @@ def test_variables_fixed_per_device() -> None:
     per_device = [{m["site"] for m in run(c, 20, i)} for i in range(30)]
     assert all(len(s) == 1 for s in per_device)
     assert len(set().union(*per_device)) > 2
+
+
+def test_scheduled_at_is_stamped_when_asked() -> None:
+    c = compiled(envelope={"scheduledAtField": "due_at"}, timing={"interval": "2s"})
+    msgs = run(c, 3)
+    assert [m["due_at"] - T0 for m in msgs] == [0, 2, 4]
+    assert "due_at" not in run(compiled(), 1)[0]

@@ -34,6 +34,8 @@ class Message:
 
     obj: Any
     seq: int
+    #: simulated time the message was scheduled for
+    due: float = 0.0
     malformed: bool = False
     oversize: int = 0
     #: True for the second copy of a duplicated message
@@ -275,7 +277,7 @@ class DeviceEngine:
         env = self.lot.spec.envelope
         if env.enabled and isinstance(body, dict):
             body = {env.deviceField: self.device_id, env.seqField: seq, **body}
-        return Message(obj=body, seq=seq)
+        return Message(obj=body, seq=seq, due=self.ctx.now)
 
     def _route(self, msg: Message, d: faultlib.Decision, now: float, out: list[Message]) -> None:
         """Apply drop / offline / out-of-order / duplicate to one message."""
@@ -300,7 +302,9 @@ class DeviceEngine:
             return
         out.append(msg)
         if d.duplicate:
-            out.append(Message(msg.obj, msg.seq, msg.malformed, msg.oversize, duplicate=True))
+            out.append(
+                Message(msg.obj, msg.seq, msg.due, msg.malformed, msg.oversize, duplicate=True)
+            )
         if self._held is not None and self._held is not msg:
             out.append(self._held)
             self._held = None
@@ -327,6 +331,8 @@ class DeviceEngine:
             if env.enabled and isinstance(obj, dict):
                 obj = dict(obj)
                 obj[env.sentAtField] = round(sent_at, 6)
+                if env.scheduledAtField:
+                    obj[env.scheduledAtField] = round(msg.due, 6)
             body = _DUMPS(obj).encode()
             if msg.oversize and isinstance(obj, dict) and len(body) < msg.oversize:
                 obj = dict(obj)

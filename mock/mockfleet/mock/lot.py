@@ -138,6 +138,11 @@ class Envelope(_Model):
     deviceField: str = "device_id"
     seqField: str = "seq"
     sentAtField: str = Field(default="sent_at", description="Epoch seconds (float) of the send.")
+    scheduledAtField: str | None = Field(
+        default=None,
+        description="If set, also stamp the sample's scheduled time (epoch seconds): "
+        "sent_at minus it is how far the device lagged behind its schedule.",
+    )
 
 
 class Payload(_Model):

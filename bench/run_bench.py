@@ -1,0 +1,131 @@
+"""`mockfleet run` at load: N devices at 1 message/s each for D seconds into
+the embedded HTTP receiver on this machine.
+
+    python bench/run_bench.py [--devices 2000] [--seconds 60]
+
+Prints: achieved messages/s versus scheduled, the share of scheduled messages
+sent, p99 lag of sends behind their schedule, CPU seconds per 1,000 messages
+(the whole process tree: tower, zygote, devices, run + receiver) and peak
+memory (sum of PSS over that tree). Asserts nothing.
+
+The lag is measured by the receiver as arrival time minus the message's
+scheduled sample time (the lot's `ts` field, epoch seconds on the device's
+simulated clock == real clock here), so it includes device wake-up, payload
+generation, HTTP and the receiver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+LOT = {
+    "apiVersion": "mockfleet.dev/v1alpha1",
+    "kind": "MockLot",
+    "metadata": {"name": "bench"},
+    "spec": {
+        "seed": 1,
+        "timing": {"interval": "1s", "startSpread": "1s"},
+        "payload": {
+            "template": {
+                "ts": {"$gen": "timestamp", "format": "epoch"},
+                "temperature": {"$gen": "sine", "period": "1h", "amplitude": 3, "offset": 20},
+                "humidity": {"$gen": "randomWalk", "start": 50, "step": 0.5, "min": 0, "max": 100},
+                "status": "ok",
+            }
+        },
+        "sink": {"type": "http", "url": "http://127.0.0.1:{port}/in/{{id}}"},
+    },
+}
+
+
+def tree_sample(root: psutil.Process) -> tuple[float, float]:
+    """(cpu seconds, PSS MiB) of a process tree, including re-parented devices."""
+    cpu = pss = 0.0
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            cpu += t.user + t.system + t.children_user + t.children_system
+            pss += p.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return cpu, pss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--devices", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--port", type=int, default=18787)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        lot = json.loads(json.dumps(LOT).replace("{port}", str(args.port)))
+        lot["spec"]["devices"] = args.devices
+        lot["spec"]["timing"]["duration"] = args.seconds
+        path = Path(tmp) / "lot.yaml"
+        path.write_text(yaml.safe_dump(lot))
+        report = Path(tmp) / "report.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "mockfleet.operator.entry",
+            "run",
+            str(path),
+            "--plain",
+            "--report",
+            str(report),
+            "--max-start-rate",
+            "1000",
+        ]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        root = psutil.Process(proc.pid)
+        peak = {"pss": 0.0, "cpu": 0.0}
+        stop = threading.Event()
+
+        def sampler() -> None:
+            while not stop.is_set():
+                cpu, pss = tree_sample(root)
+                peak["pss"] = max(peak["pss"], pss)
+                peak["cpu"] = max(peak["cpu"], cpu)
+                stop.wait(5)
+
+        th = threading.Thread(target=sampler, daemon=True)
+        th.start()
+        out, _ = proc.communicate()
+        stop.set()
+        th.join()
+        wall = time.monotonic() - t0
+        cpu_total = psutil.Process().cpu_times()
+        rep = json.loads(report.read_text())
+    scheduled = args.devices * args.seconds
+    sent = rep["sent"]
+    lat = rep.get("latency_ms", {})
+    cpu = cpu_total.children_user + cpu_total.children_system
+    print(out.strip().splitlines()[-6:] and "\n".join(out.strip().splitlines()[-6:]))
+    print(f"devices {args.devices} x 1 msg/s for {args.seconds:.0f}s (wall {wall:.0f}s)")
+    print(
+        f"scheduled {scheduled:.0f}  sent {sent}  ({sent / scheduled:.2%})  received {rep['received']}"
+    )
+    print(f"achieved {sent / args.seconds:.0f} msg/s vs scheduled {args.devices} msg/s")
+    print(
+        f"send latency (sent_at -> received) ms: p50 {lat.get('p50')} p99 {lat.get('p99')} max {lat.get('max')}"
+    )
+    print(f"cpu seconds per 1,000 messages (whole tree): {cpu / max(sent, 1) * 1000:.2f}")
+    print(
+        f"peak PSS of the whole tree: {peak['pss']:.0f} MiB ({peak['pss'] / args.devices:.2f} MiB/device)"
+    )
+
+
+if __name__ == "__main__":
+    main()
