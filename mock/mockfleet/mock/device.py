@@ -79,7 +79,7 @@ class DeviceEngine:
         self._rng_faults = seeding.stream(self.seed, "faults")
         self._rng_states = seeding.stream(self.seed, "transitions")
         self._rng_timing = seeding.stream(self.seed, "timing")
-        self.vars = render_variables(lot, self.seed, index, self.device_id)
+        self.vars = render_variables(lot, self.seed, index, self.device_id, now=start)
         self.names: dict[str, Any] = {
             "id": self.device_id,
             "index": index,
