@@ -1,0 +1,298 @@
+"""The tower with real processes, signals and inotify: starts, stops, kills,
+restarts, rejections, adoption checks, shutdown and the HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from support.polling import wait_for
+from support.tower_harness import TowerProc, exits, no_leftovers, pids, write_lot
+
+from mockfleet.tower.linux import boot_id, proc_stat
+from mockfleet.tower.triggers import write_start, write_stop
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Iterator[Path]:
+    with no_leftovers():
+        yield tmp_path
+
+
+def _start_many(root: Path, lot: Path, n: int, prefix: str = "m") -> list[str]:
+    ids = [f"{prefix}{i}" for i in range(n)]
+    for i, mock_id in enumerate(ids):
+        write_start(root, mock_id, lot, i)
+    return ids
+
+
+def _children(tower: TowerProc) -> list[psutil.Process]:
+    return psutil.Process(tower.pid).children()
+
+
+def test_500_mocks_start_and_stop_through_triggers(base: Path) -> None:
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "fleet")  # the real device, stdout sink
+    tower = TowerProc(root, device=None)
+    tower.wait_ready()
+    ids = _start_many(root, lot, 500)
+    wait_for(lambda: len(pids(root)) == 500, 120, 0.2)
+    assert not os.listdir(root / "start")
+    live = {p.pid for p in _children(tower)}
+    assert set(pids(root).values()) <= live
+    for mock_id in ids:
+        write_stop(root, mock_id)
+    wait_for(lambda: len(exits(tower.events())) == 500, 120, 0.2)
+    done = exits(tower.events())
+    assert {e["reason"] for e in done} == {"stopped"}, [e for e in done if e["reason"] != "stopped"]
+    assert {e["exit_code"] for e in done} == {0}
+    assert sorted(e["mock"] for e in done) == sorted(ids)
+    assert not os.listdir(root / "pids") and not os.listdir(root / "stop")
+    assert tower.stop() == 0
+
+
+def test_kill_9_is_detected_and_restarted_per_policy(base: Path) -> None:
+    root = base / "root"
+    fast = {"policy": "OnFailure", "backoff": "50ms", "maxBackoff": "100ms", "maxRestarts": 3}
+    again = write_lot(base / "again.yaml", "again", {}, restart=fast)
+    never = write_lot(base / "never.yaml", "never", {}, restart={"policy": "Never"})
+    tower = TowerProc(root)
+    tower.wait_ready()
+    _start_many(root, again, 20, "a")
+    _start_many(root, never, 20, "n")
+    wait_for(lambda: len(pids(root)) == 40, 60)
+    before = pids(root)
+    rng = random.Random(7)
+    victims = rng.sample(sorted(before), 12)
+    for mock_id in victims:
+        os.kill(before[mock_id], signal.SIGKILL)
+    killed = {before[m] for m in victims}
+
+    def all_recorded() -> bool:
+        return killed <= {e["pid"] for e in exits(tower.events())}
+
+    wait_for(all_recorded, 30)
+    for e in exits(tower.events()):
+        assert e["pid"] in killed and e["signal"] == 9 and e["reason"] == "crashed"
+        assert e["restart"] == e["mock"].startswith("a"), e
+    restarted = [m for m in victims if m.startswith("a")]
+    gone = [m for m in victims if m.startswith("n")]
+    wait_for(lambda: all(m in pids(root) for m in restarted), 30)
+    now = pids(root)
+    for m in restarted:
+        assert now[m] != before[m]
+        assert json.loads((root / "pids" / m).read_text())["restarts"] == 1
+    assert not any(m in now for m in gone)
+    assert len(now) == 40 - len(gone)
+    # Every killed process was reaped: none is left as a zombie.
+    wait_for(lambda: not [p for p in _children(tower) if p.status() == psutil.STATUS_ZOMBIE], 10)
+    assert tower.stop() == 0
+
+
+def test_mock_ignoring_sigterm_is_force_killed_after_grace(base: Path) -> None:
+    root = base / "root"
+    stubborn = write_lot(base / "stubborn.yaml", "stubborn", {"ignore_term": True})
+    tower = TowerProc(root, "--stop-grace", "1s")
+    tower.wait_ready()
+    write_start(root, "s1", stubborn, 0)
+    wait_for(lambda: "s1" in pids(root), 30)
+    write_stop(root, "s1")
+    wait_for(lambda: exits(tower.events()), 15)
+    (e,) = exits(tower.events())
+    assert (e["reason"], e["signal"], e["restart"]) == ("force-killed", 9, False)
+    assert any(ev["event"] == "force-kill" for ev in tower.events())
+    assert not (root / "stop" / "s1").exists() and not (root / "pids" / "s1").exists()
+    assert tower.stop() == 0
+
+
+def test_sigterm_to_the_tower_stops_everything(base: Path) -> None:
+    root = base / "root"
+    normal = write_lot(base / "normal.yaml", "normal", {})
+    stubborn = write_lot(base / "stubborn.yaml", "stubborn", {"ignore_term": True})
+    tower = TowerProc(root, "--stop-grace", "2s")
+    tower.wait_ready()
+    _start_many(root, normal, 30, "n")
+    _start_many(root, stubborn, 3, "s")
+    wait_for(lambda: len(pids(root)) == 33, 60)
+    mocks = {p.pid for p in _children(tower)}
+    assert tower.stop(timeout=30) == 0
+    reasons = {e["mock"]: e["reason"] for e in exits(tower.events())}
+    assert len(reasons) == 33
+    assert {reasons[f"n{i}"] for i in range(30)} == {"stopped"}
+    assert {reasons[f"s{i}"] for i in range(3)} == {"force-killed"}
+    assert not [pid for pid in mocks if psutil.pid_exists(pid) and _is_alive(pid)]
+    assert not os.listdir(root / "pids")
+    assert tower.events()[-1]["event"] == "tower-stopped"
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_hostile_triggers_are_rejected_and_the_tower_keeps_running(base: Path) -> None:
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "fine", {})
+    bad_lot = base / "bad.yaml"
+    bad_lot.write_text("apiVersion: mockfleet.dev/v1alpha1\nkind: MockLot\nmetadata: {name: x}\n")
+    for sub in ("start", "stop", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    # One hostile file waits from before the tower starts (found by the start-up scan).
+    (root / "start" / "early bad.json").write_text("{}")
+    tower = TowerProc(root)
+    tower.wait_ready()
+    tmp = root / "tmp"
+    hostile: dict[str, str] = {
+        "bad name.json": "outside [A-Za-z0-9._-]",
+        "x" * 210 + ".json": "longer than 200",
+        "noext": "named <mock-id>.json",
+        "garbage.json": "not valid JSON",
+        "big.json": "larger than",
+        "link.json": "symbolic link",
+        "fifo.json": "not a regular file",
+        "dir.json": "not a regular file",
+        "nolot.json": "cannot read the lot",
+        "invalid.json": "invalid lot",
+        "extra.json": "unknown field",
+    }
+    contents = {
+        "garbage.json": b"{nope",
+        "big.json": b"{" + b" " * 70000 + b"}",
+        "nolot.json": json.dumps({"lot": str(base / "missing.yaml"), "index": 0}).encode(),
+        "invalid.json": json.dumps({"lot": str(bad_lot), "index": 0}).encode(),
+        "extra.json": json.dumps({"lot": str(lot), "index": 0, "rm": "-rf"}).encode(),
+    }
+    for name in hostile:
+        src = tmp / "x"
+        if name == "link.json":
+            src.symlink_to("/etc/passwd")
+        elif name == "fifo.json":
+            os.mkfifo(src)
+        elif name == "dir.json":
+            src.mkdir()
+        else:
+            src.write_bytes(contents.get(name, b'{"lot": "/l.yaml", "index": 0}'))
+        os.rename(src, root / "start" / name)
+    (tmp / "x").write_bytes(b"")
+    os.rename(tmp / "x", root / "stop" / "bad stop")
+    (tmp / "x").write_bytes(b"not json")
+    os.rename(tmp / "x", root / "upgrade")
+    write_stop(root, "nobody")
+    write_start(root, "good", lot, 0)
+    wait_for(lambda: "good" in pids(root), 30)
+
+    def reasons() -> dict[str, str]:
+        out = {}
+        for p in (root / "rejected").glob("*.reason"):
+            info = json.loads(p.read_text())
+            out[info["trigger"]] = info["reason"]
+        return out
+
+    wait_for(lambda: len(reasons()) == len(hostile) + 3, 30)
+    got = reasons()
+    for name, why in hostile.items():
+        assert why in got[f"start/{name}"], (name, got[f"start/{name}"])
+    assert "outside" in got["start/early bad.json"]
+    assert "outside" in got["stop/bad stop"]
+    assert "not valid JSON" in got["upgrade/upgrade"]
+    assert os.listdir(root / "start") == []
+    assert not (root / "stop" / "nobody").exists()
+    assert any(e["event"] == "stop-unknown" and e["mock"] == "nobody" for e in tower.events())
+    for p in (root / "rejected").iterdir():
+        assert "/" not in p.name and not p.name.startswith(".")
+    assert tower.proc.poll() is None
+    assert tower.stop() == 0
+
+
+def test_pid_file_of_an_unrelated_process_is_not_adopted(base: Path) -> None:
+    root = base / "root"
+    (root / "pids").mkdir(parents=True)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        st = proc_stat(stranger.pid)
+        assert st is not None
+        record = {
+            "mock_id": "ghost",
+            "pid": stranger.pid,
+            "start_ticks": st.start_ticks + 1,  # a different process once had this pid
+            "boot_id": boot_id(),
+            "lot": str(base / "lot.yaml"),
+            "lot_name": "l",
+            "index": 0,
+            "slot": 0,
+            "restarts": 0,
+            "started_at": 0.0,
+            "version": "old",
+            "restart": {"policy": "Never"},
+        }
+        (root / "pids" / "ghost").write_text(json.dumps(record))
+        tower = TowerProc(root, "--stop-grace", "1s")
+        tower.wait_ready()
+        wait_for(lambda: exits(tower.events()), 10)
+        (e,) = exits(tower.events())
+        assert (e["mock"], e["reason"], e["pid"]) == ("ghost", "lost", stranger.pid)
+        assert not any(ev["event"] == "adopted" for ev in tower.events())
+        assert not (root / "pids" / "ghost").exists()
+        assert tower.stop() == 0
+        assert stranger.poll() is None  # untouched
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_zygote_death_is_survived(base: Path) -> None:
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "z", {})
+    tower = TowerProc(root)
+    tower.wait_ready()
+    _start_many(root, lot, 5, "a")
+    wait_for(lambda: len(pids(root)) == 5, 30)
+    zygote = next(e["pid"] for e in tower.events() if e["event"] == "zygote-ready")
+    os.kill(zygote, signal.SIGKILL)
+    wait_for(lambda: sum(e["event"] == "zygote-ready" for e in tower.events()) == 2, 30)
+    _start_many(root, lot, 5, "b")
+    wait_for(lambda: len(pids(root)) == 10, 30)
+    assert not exits(tower.events())
+    assert tower.stop() == 0
+
+
+def test_http_status_and_metrics(base: Path) -> None:
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "web", {})
+    tower = TowerProc(root, "--http", "127.0.0.1:0", "--max-start-rate", "200")
+    tower.wait_ready()
+    addr = next(e["http"] for e in tower.events() if e["event"] == "tower-started")
+    assert addr.startswith("127.0.0.1:")
+    _start_many(root, lot, 4)
+    wait_for(lambda: len(pids(root)) == 4, 30)
+
+    def get(path: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=10) as r:
+            return r.status, r.read()
+
+    assert get("/healthz") == (200, b"ok\n")
+
+    def counted() -> dict[str, object] | None:
+        status = json.loads(get("/status")[1])
+        lot_status = status["lots"].get("web", {})
+        return status if lot_status.get("sent", 0) >= 4 else None
+
+    status = wait_for(counted, 15)
+    assert status["mocks"]["running"] == 4 and status["pending_triggers"] == 0
+    assert status["version"]
+    metrics = get("/metrics")[1].decode()
+    assert 'mockfleet_tower_mocks{state="running"} 4.0' in metrics
+    assert 'mockfleet_lot_messages_sent_total{lot="web"}' in metrics
+    with pytest.raises(urllib.error.HTTPError):
+        get("/nope")
+    assert tower.stop() == 0

@@ -1,0 +1,221 @@
+"""``mockfleet tower``: supervise mocks driven by trigger files in a directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from mockfleet.mock.durations import parse_duration, parse_size
+
+_RESTART_FLAGS = {
+    "restart_policy": "policy",
+    "restart_max": "maxRestarts",
+    "restart_backoff": "backoff",
+    "restart_max_backoff": "maxBackoff",
+    "restart_reset_after": "resetAfter",
+}
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT such as 127.0.0.1:9100, got {text!r}")
+    return host, int(port)
+
+
+def add_tower_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, help="State and trigger directory (created 0700).")
+    p.add_argument(
+        "--max-start-rate",
+        type=_rate,
+        default=None,
+        metavar="R",
+        help="Start at most R mocks a second (default: unlimited); the rest wait in start/.",
+    )
+    p.add_argument(
+        "--stop-grace",
+        type=_duration,
+        default=10.0,
+        metavar="S",
+        help="Time a mock has to stop before it is killed (default 10s).",
+    )
+    p.add_argument(
+        "--http",
+        type=_hostport,
+        default=None,
+        metavar="HOST:PORT",
+        help="Serve /healthz, /status and /metrics (e.g. 127.0.0.1:9100).",
+    )
+    p.add_argument(
+        "--run-as",
+        default=None,
+        metavar="USER",
+        help="Run mocks as this user (the tower must run as root).",
+    )
+    p.add_argument(
+        "--rlimit-as",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="Address-space limit per mock (e.g. 512MiB).",
+    )
+    p.add_argument(
+        "--rlimit-nofile",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Open-file limit per mock.",
+    )
+    p.add_argument(
+        "--max-mocks",
+        type=_positive_int,
+        default=32768,
+        metavar="N",
+        help="Capacity: counter slots, so at most N mocks at once (default 32768).",
+    )
+    p.add_argument(
+        "--restart-policy",
+        choices=("Never", "OnFailure", "Always"),
+        default=None,
+        help="Override every lot's restart policy.",
+    )
+    p.add_argument(
+        "--restart-max", type=int, default=None, metavar="N", help="Override maxRestarts."
+    )
+    p.add_argument(
+        "--restart-backoff",
+        type=_duration,
+        default=None,
+        metavar="S",
+        help="Override the first restart delay.",
+    )
+    p.add_argument(
+        "--restart-max-backoff",
+        type=_duration,
+        default=None,
+        metavar="S",
+        help="Override the longest restart delay.",
+    )
+    p.add_argument(
+        "--restart-reset-after",
+        type=_duration,
+        default=None,
+        metavar="S",
+        help="Override how long a run must last to reset the backoff.",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="MODULE:FUNC",
+        help="Device entry point (advanced/testing; default: the mockfleet device).",
+    )
+    p.add_argument("--events-stderr", action="store_true", help="Also print every event on stderr.")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from mockfleet.tower.supervisor import DEFAULT_DEVICE, TowerConfig
+
+    overrides = {
+        key: getattr(args, flag)
+        for flag, key in _RESTART_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.run_as:
+        if os.geteuid() != 0:
+            raise SystemExit("mockfleet tower: --run-as needs the tower to run as root")
+        import pwd
+
+        try:
+            pwd.getpwnam(args.run_as)
+        except KeyError:
+            raise SystemExit(f"mockfleet tower: --run-as: no such user {args.run_as!r}") from None
+    return TowerConfig(
+        root=os.path.abspath(args.root),
+        max_start_rate=args.max_start_rate,
+        stop_grace=args.stop_grace,
+        http=args.http,
+        run_as=args.run_as,
+        rlimit_as=args.rlimit_as,
+        rlimit_nofile=args.rlimit_nofile,
+        device=args.device or DEFAULT_DEVICE,
+        max_mocks=args.max_mocks,
+        restart_overrides=overrides,
+        events_stderr=args.events_stderr,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mockfleet.tower.supervisor import Tower
+
+    cfg = config_from_args(args)
+    try:
+        from mockfleet.tower.triggers import ensure_dirs
+
+        ensure_dirs(cfg.root)
+    except OSError as exc:
+        print(
+            f"mockfleet tower: cannot use --root {cfg.root}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
+    try:
+        return Tower(cfg).run()
+    except OSError as exc:
+        if cfg.http and exc.filename is None:
+            print(f"mockfleet tower: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def register(subparsers: Any) -> None:
+    """Add ``mockfleet tower`` to the console command."""
+    p = subparsers.add_parser(
+        "tower",
+        help="Supervise mocks started and stopped by trigger files.",
+        description="Run thousands of mocks on this machine, driven by trigger files in "
+        "--root (start/<id>.json, stop/<id>, upgrade). See docs/triggers.md.",
+    )
+    add_tower_arguments(p)
+    p.set_defaults(handler=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mockfleet tower")
+    add_tower_arguments(parser)
+    return run(parser.parse_args(argv))

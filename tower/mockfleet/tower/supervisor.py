@@ -1,0 +1,987 @@
+"""The tower: one single-threaded supervisor of thousands of mocks.
+
+Everything happens in one selector loop: inotify events on the trigger
+directories, zygote replies, SIGCHLD (through ``signal.set_wakeup_fd``),
+pidfds of adopted mocks that are not our children, the optional HTTP
+endpoint, and timers (stop grace periods, restarts, start pacing). All state
+that must survive a crash or a re-exec lives in files: start triggers are the
+queue (restarts are start triggers with ``not_before``), PID files the table
+of running mocks, stop triggers the pending stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import os
+import random
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mockfleet.tower import policy
+from mockfleet.tower.events import EventLog, log
+from mockfleet.tower.linux import (
+    IN_CLOSE_WRITE,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+    boot_id,
+    set_child_subreaper,
+)
+from mockfleet.tower.pidfiles import PidRecord, check_identity, read_pid_file, write_pid_file
+from mockfleet.tower.triggers import (
+    START_SUFFIX,
+    StartRequest,
+    TriggerError,
+    atomic_write,
+    check_mock_id,
+    ensure_dirs,
+    fsync_dir,
+    parse_start,
+    parse_upgrade,
+    read_trigger_bytes,
+    sanitize_name,
+    start_name_to_id,
+)
+from mockfleet.tower.zygote_client import ZygoteClient
+
+DEFAULT_DEVICE = "mockfleet.mock.runtime:run_device"
+
+
+def running_version() -> str:
+    env = os.environ.get("MOCKFLEET_TOWER_VERSION")
+    if env:
+        return env
+    try:
+        from importlib.metadata import version
+
+        return version("mockfleet")
+    except Exception:
+        return "0+unknown"
+
+
+@dataclass
+class TowerConfig:
+    root: str
+    max_start_rate: float | None = None
+    stop_grace: float = 10.0
+    http: tuple[str, int] | None = None
+    run_as: str | None = None
+    rlimit_as: int | None = None
+    rlimit_nofile: int | None = None
+    device: str = DEFAULT_DEVICE
+    max_mocks: int = 32768
+    max_inflight: int = 64
+    restart_overrides: dict[str, Any] = field(default_factory=dict)
+    events_stderr: bool = False
+
+    def to_argv(self) -> list[str]:
+        """Command-line arguments that recreate this configuration (re-exec)."""
+        argv = ["--root", self.root, "--stop-grace", repr(self.stop_grace)]
+        if self.max_start_rate is not None:
+            argv += ["--max-start-rate", repr(self.max_start_rate)]
+        if self.http is not None:
+            argv += ["--http", f"{self.http[0]}:{self.http[1]}"]
+        if self.run_as:
+            argv += ["--run-as", self.run_as]
+        if self.rlimit_as:
+            argv += ["--rlimit-as", str(self.rlimit_as)]
+        if self.rlimit_nofile:
+            argv += ["--rlimit-nofile", str(self.rlimit_nofile)]
+        if self.device != DEFAULT_DEVICE:
+            argv += ["--device", self.device]
+        argv += ["--max-mocks", str(self.max_mocks)]
+        flags = {
+            "policy": "--restart-policy",
+            "maxRestarts": "--restart-max",
+            "backoff": "--restart-backoff",
+            "maxBackoff": "--restart-max-backoff",
+            "resetAfter": "--restart-reset-after",
+        }
+        for key, value in self.restart_overrides.items():
+            argv += [flags[key], str(value)]
+        if self.events_stderr:
+            argv.append("--events-stderr")
+        return argv
+
+
+@dataclass(eq=False)
+class Mock:
+    id: str
+    lot: str
+    index: int
+    slot: int
+    restarts: int = 0
+    state: str = "starting"  # starting | running | stopping
+    pid: int = 0
+    start_ticks: int = -1
+    lot_name: str = ""
+    restart: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    started_mono: float = 0.0
+    version: str = ""
+    child: bool = True
+    pidfd: int | None = None
+    gate_fd: int | None = None
+    stop_requested: bool = False
+    force_killed: bool = False
+    stop_deadline_armed: bool = False
+
+
+class Tower:
+    def __init__(self, cfg: TowerConfig) -> None:
+        self.cfg = cfg
+        self.root = os.path.abspath(cfg.root)
+        self.dirs = {name: os.path.join(self.root, name) for name in ("start", "stop", "pids")}
+        self.tmp = os.path.join(self.root, "tmp")
+        self.rejected = os.path.join(self.root, "rejected")
+        self.version = running_version()
+        self.boot = boot_id()
+        self.me = os.getpid()
+        self.rng = random.Random()
+        self.mocks: dict[str, Mock] = {}
+        self.by_pid: dict[int, Mock] = {}
+        self.pending: dict[str, None] = {}  # start trigger ids waiting, in arrival order
+        self.deferred: set[str] = set()  # ids waiting for their not_before
+        self.inflight: dict[str, Mock] = {}
+        self.to_commit: list[Mock] = []
+        self.early_exits: dict[int, int] = {}
+        self.free_slots = list(range(cfg.max_mocks - 1, -1, -1))
+        self.used_slots: set[int] = set()
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.lot_totals: dict[str, dict[str, int]] = {}
+        self.exit_counts: dict[str, int] = {}
+        self.shutting_down = False
+        self.shutdown_deadline = 0.0
+        self.killed_stragglers = False
+        self.upgrade_to: tuple[str, str] | None = None
+        self.need_rescan = False
+        self.signals: set[int] = set()
+        self.started_mono = time.monotonic()
+        self.no_children = False
+        self.bucket = policy.TokenBucket(cfg.max_start_rate, now=time.monotonic())
+        self.pacing_timer = False
+        self.http: Any = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self) -> None:
+        ensure_dirs(self.root)
+        for sub in ("start", "stop", "pids", "rejected", "tmp", "versions"):
+            os.chmod(os.path.join(self.root, sub), 0o700)
+        os.chmod(self.root, 0o700)
+        if self.cfg.run_as:
+            import pwd
+
+            pw = pwd.getpwnam(self.cfg.run_as)
+            # Devices acknowledge a stop by deleting their stop file.
+            os.chown(self.dirs["stop"], pw.pw_uid, pw.pw_gid)
+        set_child_subreaper()
+        from mockfleet.mock.counters import CounterFile
+
+        counters_path = os.path.join(self.root, "counters.bin")
+        self.counters = CounterFile(counters_path, self.cfg.max_mocks, create=True)
+        self.events = EventLog(os.path.join(self.root, "events.jsonl"), self.cfg.events_stderr)
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
+        self.inotify = Inotify()
+        mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR
+        self.wd_start = self.inotify.add_watch(self.dirs["start"], mask)
+        self.wd_stop = self.inotify.add_watch(self.dirs["stop"], mask)
+        self.wd_root = self.inotify.add_watch(self.root, mask)
+        self.sel.register(self.inotify.fileno(), selectors.EVENT_READ, self._on_inotify)
+        zcfg = {
+            "root": self.root,
+            "counters": counters_path,
+            "slots": self.cfg.max_mocks,
+            "device": self.cfg.device,
+            "run_as": self.cfg.run_as,
+            "rlimit_as": self.cfg.rlimit_as,
+            "rlimit_nofile": self.cfg.rlimit_nofile,
+        }
+        self.zygote = ZygoteClient(zcfg)
+        self._spawn_zygote()
+        if self.cfg.http is not None:
+            from mockfleet.tower.httpserver import HttpServer
+            from mockfleet.tower.status import StatusPages
+
+            pages = StatusPages(self)
+            self.http = HttpServer(self.cfg.http[0], self.cfg.http[1], pages.handle, self.sel)
+        previous = os.environ.pop("MOCKFLEET_TOWER_PREVIOUS", None)
+        self.events.emit(
+            "tower-started",
+            pid=self.me,
+            version=self.version,
+            previous_version=previous,
+            code=os.path.dirname(os.path.abspath(__file__)),
+            http=self.http.address if self.http else None,
+        )
+        log("tower started", root=self.root, version=self.version, pid=self.me)
+
+    def _spawn_zygote(self) -> None:
+        self.zygote.spawn()
+        self.sel.register(self.zygote.fileno(), selectors.EVENT_READ, self._on_zygote)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> int:
+        self.setup()
+        self.rescan(startup=True)
+        while True:
+            timeout = self._next_timeout()
+            for key, _mask in self.sel.select(timeout):
+                key.data()
+            self._step()
+            if self.shutting_down and self._shutdown_complete():
+                break
+            if self.upgrade_to is not None and not self.inflight and not self.to_commit:
+                self._exec_upgrade()
+        self._final_cleanup()
+        return 0
+
+    def _step(self) -> None:
+        if self.signals:
+            sigs, self.signals = self.signals, set()
+            if (signal.SIGTERM in sigs or signal.SIGINT in sigs) and not self.shutting_down:
+                self.begin_shutdown()
+            if signal.SIGHUP in sigs:
+                self.need_rescan = True
+        self.reap()
+        if self.need_rescan:
+            self.need_rescan = False
+            self.rescan(startup=False)
+        self._run_timers()
+        self.dispatch_starts()
+        self.commit_starts()
+        self.reap()
+        self.events.flush()
+
+    def _next_timeout(self) -> float | None:
+        if self.to_commit or self.need_rescan or self.signals:
+            return 0.0
+        if (
+            self.pending
+            and self.zygote.ready
+            and not self.pacing_timer
+            and len(self.inflight) < self.cfg.max_inflight
+            and not self.shutting_down
+        ):
+            return 0.0
+        if self.timers:
+            return max(0.0, self.timers[0][0] - time.monotonic())
+        return None
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.add(signum)
+
+    def _on_wakeup(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 4096):
+                pass
+
+    def at(self, delay: float, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self.timers, (time.monotonic() + delay, self._seq, fn))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self.timers)
+            fn()
+
+    # ------------------------------------------------------------------ triggers
+
+    def _on_inotify(self) -> None:
+        for ev in self.inotify.read():
+            if ev.mask & IN_Q_OVERFLOW:
+                self.events.emit("inotify-overflow")
+                self.need_rescan = True
+                continue
+            if not ev.name or ev.name.startswith("."):
+                continue  # in-progress temporaries of writers that rename into place
+            if ev.wd == self.wd_start:
+                self.on_start_name(ev.name)
+            elif ev.wd == self.wd_stop:
+                self.on_stop_name(ev.name)
+            elif ev.wd == self.wd_root and ev.name == "upgrade":
+                self.on_upgrade()
+
+    def reject(self, kind: str, name: str, reason: str) -> None:
+        """Move a bad trigger to rejected/ with a .reason file; never raises."""
+        src = (
+            os.path.join(self.root, kind, name)
+            if kind != "upgrade"
+            else os.path.join(self.root, "upgrade")
+        )
+        dest_name = f"{kind}.{sanitize_name(name)}.{time.time_ns()}"
+        dest = os.path.join(self.rejected, dest_name)
+        try:
+            os.rename(src, dest)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.events.emit("reject-failed", trigger=f"{kind}/{name!r}", reason=str(exc))
+            with contextlib.suppress(OSError):
+                os.unlink(src)
+            return
+        info = {"trigger": f"{kind}/{name}", "reason": reason, "ts": time.time()}
+        with contextlib.suppress(OSError):
+            atomic_write(dest + ".reason", (json.dumps(info) + "\n").encode(), self.tmp, False)
+        self.events.emit("rejected", trigger=f"{kind}/{name}", moved_to=dest_name, reason=reason)
+
+    def on_start_name(self, name: str) -> None:
+        try:
+            mock_id = start_name_to_id(name)
+        except TriggerError as exc:
+            self.reject("start", name, str(exc))
+            return
+        if mock_id not in self.pending and mock_id not in self.deferred:
+            self.pending[mock_id] = None
+
+    def _start_path(self, mock_id: str) -> str:
+        return os.path.join(self.dirs["start"], mock_id + START_SUFFIX)
+
+    def dispatch_starts(self) -> None:
+        if self.shutting_down or self.upgrade_to is not None:
+            return
+        if not self.zygote.ready:
+            return
+        now_mono = time.monotonic()
+        while self.pending and len(self.inflight) < self.cfg.max_inflight:
+            mock_id = next(iter(self.pending))
+            if mock_id in self.mocks:
+                del self.pending[mock_id]
+                self._unlink(self._start_path(mock_id))
+                self.events.emit("start-ignored", mock=mock_id, reason="already running")
+                continue
+            if not self.bucket.ready(now_mono):
+                if not self.pacing_timer:
+                    self.pacing_timer = True
+                    self.at(self.bucket.wait_time(), self._pacing_done)
+                return
+            name = mock_id + START_SUFFIX
+            try:
+                req = parse_start(mock_id, read_trigger_bytes(self._start_path(mock_id)), self.root)
+            except TriggerError as exc:
+                del self.pending[mock_id]
+                if os.path.lexists(self._start_path(mock_id)):
+                    self.reject("start", name, str(exc))
+                continue
+            wait = req.not_before - time.time()
+            if wait > 0:
+                del self.pending[mock_id]
+                self.deferred.add(mock_id)
+                self.at(wait, lambda m=mock_id: self._undefer(m))  # type: ignore[misc]
+                continue
+            if not self.free_slots:
+                self.events.emit("capacity", mock=mock_id, max_mocks=self.cfg.max_mocks)
+                return
+            slot = self.free_slots.pop()
+            request = {
+                "op": "start",
+                "id": mock_id,
+                "lot": req.lot,
+                "index": req.index,
+                "slot": slot,
+            }
+            if not self.zygote.send(request):
+                self.free_slots.append(slot)
+                return
+            self.bucket.consume()
+            del self.pending[mock_id]
+            self.used_slots.add(slot)
+            m = Mock(mock_id, req.lot, req.index, slot, restarts=req.restarts)
+            self.mocks[mock_id] = m
+            self.inflight[mock_id] = m
+
+    def _pacing_done(self) -> None:
+        self.pacing_timer = False
+
+    def _undefer(self, mock_id: str) -> None:
+        self.deferred.discard(mock_id)
+        if os.path.lexists(self._start_path(mock_id)):
+            self.pending[mock_id] = None
+
+    def _on_zygote(self) -> None:
+        replies = self.zygote.receive()
+        for reply, fd in replies or []:
+            self._on_reply(reply, fd)
+        if replies is None:
+            # Closed: the zygote died. Reaping it restarts it.
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.zygote.fileno())
+            self.zygote.close()
+            self._requeue_inflight()
+
+    def _requeue_inflight(self) -> None:
+        for mock_id, m in list(self.inflight.items()):
+            self._release(m)
+            self.pending[mock_id] = None
+        self.inflight.clear()
+
+    def _on_reply(self, reply: dict[str, Any], fd: int | None) -> None:
+        if reply.get("op") == "ready":
+            self.zygote.ready = True
+            self.events.emit("zygote-ready", pid=reply.get("pid"))
+            return
+        mock_id = reply.get("id", "")
+        m = self.inflight.pop(mock_id, None)
+        if m is None:
+            if fd is not None:
+                os.close(fd)
+            return
+        if not reply.get("ok"):
+            self._release(m)
+            if reply.get("permanent"):
+                self.events.emit(
+                    "start-failed", mock=mock_id, lot=m.lot, index=m.index, reason=reply["error"]
+                )
+                self.reject("start", mock_id + START_SUFFIX, str(reply.get("error")))
+            else:
+                self.pending[mock_id] = None
+            return
+        m.pid = int(reply["pid"])
+        m.start_ticks = int(reply["start_ticks"])
+        m.lot_name = str(reply.get("lot_name", ""))
+        m.restart = {**reply.get("restart", {}), **self.cfg.restart_overrides}
+        m.gate_fd = fd
+        m.version = self.version
+        self.by_pid[m.pid] = m
+        if self.shutting_down:
+            # Not committed: closing the gate without a PID file makes it exit.
+            self._close_gate(m)
+            self._release(m)
+            self.pending[mock_id] = None
+            return
+        self.to_commit.append(m)
+
+    def _close_gate(self, m: Mock) -> None:
+        if m.gate_fd is not None:
+            os.close(m.gate_fd)
+            m.gate_fd = None
+
+    def _release(self, m: Mock) -> None:
+        """Forget a mock that never became running."""
+        self.mocks.pop(m.id, None)
+        if m.pid:
+            self.by_pid.pop(m.pid, None)
+        self._free_slot(m.slot)
+
+    def _free_slot(self, slot: int) -> None:
+        if slot in self.used_slots:
+            self.used_slots.discard(slot)
+            self.free_slots.append(slot)
+
+    def commit_starts(self) -> None:
+        """Make a batch of PID files durable, then let the mocks run and delete
+        their triggers: a crash at any point neither loses nor doubles a start."""
+        if not self.to_commit:
+            return
+        batch, self.to_commit = self.to_commit, []
+        now = time.time()
+        mono = time.monotonic()
+        written = []
+        for m in batch:
+            m.started_at = now
+            m.started_mono = mono
+            rec = self._record(m)
+            try:
+                write_pid_file(self.dirs["pids"], self.tmp, rec, sync_dir=False)
+            except OSError as exc:
+                self.events.emit("pidfile-failed", mock=m.id, reason=str(exc))
+                self._close_gate(m)  # uncommitted: it exits by itself
+                self._release(m)
+                self.pending[m.id] = None
+                continue
+            written.append(m)
+        fsync_dir(self.dirs["pids"])
+        for m in written:
+            self._close_gate(m)
+            self._unlink(self._start_path(m.id))
+            m.state = "running"
+            self.events.emit(
+                "started",
+                mock=m.id,
+                lot=m.lot_name,
+                index=m.index,
+                pid=m.pid,
+                slot=m.slot,
+                restarts=m.restarts,
+                version=m.version,
+            )
+            status = self.early_exits.pop(m.pid, None)
+            if status is not None:
+                self.on_exit(m, status)
+            elif m.stop_requested:
+                self._signal(m, signal.SIGTERM)
+                self._arm_stop_deadline(m)
+
+    def _record(self, m: Mock) -> PidRecord:
+        return PidRecord(
+            mock_id=m.id,
+            pid=m.pid,
+            start_ticks=m.start_ticks,
+            boot_id=self.boot,
+            lot=m.lot,
+            lot_name=m.lot_name,
+            index=m.index,
+            slot=m.slot,
+            restarts=m.restarts,
+            started_at=m.started_at,
+            version=m.version,
+            restart=m.restart,
+        )
+
+    def _unlink(self, path: str) -> bool:
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    # ------------------------------------------------------------------ stops
+
+    def on_stop_name(self, name: str) -> None:
+        try:
+            mock_id = check_mock_id(name)
+        except TriggerError as exc:
+            self.reject("stop", name, str(exc))
+            return
+        path = os.path.join(self.dirs["stop"], mock_id)
+        m = self.mocks.get(mock_id)
+        if not os.path.lexists(path):
+            # Already consumed: the mock saw it first. It still was a stop.
+            if m is not None:
+                m.stop_requested = True
+            return
+        if m is None:
+            if self._unlink(self._start_path(mock_id)):
+                self.pending.pop(mock_id, None)
+                self.deferred.discard(mock_id)
+                self._unlink(path)
+                self.events.emit("start-cancelled", mock=mock_id, reason="stop before start")
+            else:
+                self._unlink(path)
+                self.events.emit("stop-unknown", mock=mock_id, reason="no such mock")
+            return
+        self.request_stop(m)
+
+    def request_stop(self, m: Mock) -> None:
+        if m.stop_requested and m.stop_deadline_armed:
+            return
+        m.stop_requested = True
+        if m.state == "starting":
+            return  # signalled once committed
+        m.state = "stopping"
+        self._signal(m, signal.SIGTERM)
+        self._arm_stop_deadline(m)
+        self.events.emit("stopping", mock=m.id, lot=m.lot_name, index=m.index, pid=m.pid)
+
+    def _arm_stop_deadline(self, m: Mock) -> None:
+        if m.stop_deadline_armed:
+            return
+        m.stop_deadline_armed = True
+        pid = m.pid
+        self.at(self.cfg.stop_grace, lambda: self._stop_deadline(m, pid, 1))
+
+    def _stop_deadline(self, m: Mock, pid: int, round_: int) -> None:
+        if self.by_pid.get(pid) is not m:
+            return  # already gone
+        stop_path = os.path.join(self.dirs["stop"], m.id)
+        if os.path.lexists(stop_path) or round_ > 1 or self.shutting_down:
+            self.force_kill(m)
+            self._unlink(stop_path)
+        else:
+            # It acknowledged the stop but is still shutting down: one more grace.
+            self.at(self.cfg.stop_grace, lambda: self._stop_deadline(m, pid, round_ + 1))
+
+    def force_kill(self, m: Mock) -> None:
+        m.force_killed = True
+        self.events.emit("force-kill", mock=m.id, lot=m.lot_name, index=m.index, pid=m.pid)
+        self._signal(m, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(m.pid, signal.SIGKILL)
+
+    def _signal(self, m: Mock, sig: int) -> None:
+        try:
+            if m.pidfd is not None:
+                signal.pidfd_send_signal(m.pidfd, sig)
+            else:
+                os.kill(m.pid, sig)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+
+    # ------------------------------------------------------------------ exits
+
+    def reap(self) -> None:
+        # Stop triggers queued before an exit must be seen first: a mock that
+        # consumed its stop file and exited 0 was stopped, not finished.
+        self._on_inotify()
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.no_children = True
+                return
+            if pid == 0:
+                self.no_children = False
+                return
+            if pid == self.zygote.pid:
+                self._on_zygote_exit(status)
+                continue
+            m = self.by_pid.get(pid)
+            if m is None or m.state == "starting":
+                if len(self.early_exits) > 10000:
+                    self.early_exits.clear()
+                self.early_exits[pid] = status
+                continue
+            self.on_exit(m, status)
+
+    def _on_zygote_exit(self, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(KeyError, ValueError):
+            if self.zygote.sock is not None:
+                self.sel.unregister(self.zygote.fileno())
+        self.zygote.close()
+        self.zygote.pid = 0
+        self._requeue_inflight()
+        if self.shutting_down or self.upgrade_to is not None:
+            return
+        self.events.emit(
+            "zygote-exited",
+            exit_code=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+            reason="restarting it",
+        )
+        self._spawn_zygote()
+
+    def on_exit(self, m: Mock, status: int | None) -> None:
+        """Record how a mock ended; schedule its restart when the policy says so."""
+        code: int | None = None
+        sig: int | None = None
+        if status is not None:
+            value = os.waitstatus_to_exitcode(status)
+            if value < 0:
+                sig = -value
+            else:
+                code = value
+        if self.shutting_down:
+            m.stop_requested = True
+        reason = policy.exit_reason(code, sig, m.stop_requested, m.force_killed)
+        self.mocks.pop(m.id, None)
+        self.by_pid.pop(m.pid, None)
+        if m.pidfd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(m.pidfd)
+            os.close(m.pidfd)
+            m.pidfd = None
+        self._close_gate(m)
+        if m.stop_requested:
+            self._unlink(os.path.join(self.dirs["stop"], m.id))
+        self._account_counters(m)
+        self._free_slot(m.slot)
+        ran_for = time.monotonic() - m.started_mono if m.started_mono else 0.0
+        decision: policy.RestartDecision | None = None
+        if not self.shutting_down:
+            decision = policy.decide_restart(m.restart, reason, code, m.restarts, ran_for, self.rng)
+            if decision.restart:
+                req = StartRequest(
+                    m.id, m.lot, m.index, decision.restarts, time.time() + decision.delay
+                )
+                try:
+                    data = (json.dumps(req.to_json()) + "\n").encode()
+                    atomic_write(self._start_path(m.id), data, self.tmp, sync_dir=True)
+                except OSError as exc:
+                    decision = policy.RestartDecision(False, f"cannot write restart: {exc}")
+        self._unlink(os.path.join(self.dirs["pids"], m.id))
+        self.exit_counts[reason] = self.exit_counts.get(reason, 0) + 1
+        self.events.emit(
+            "exited",
+            mock=m.id,
+            lot=m.lot_name,
+            index=m.index,
+            pid=m.pid,
+            exit_code=code,
+            signal=sig,
+            reason=reason,
+            ran_for=round(ran_for, 3),
+            restart=decision.restart if decision else False,
+            restart_in=round(decision.delay, 3) if decision and decision.restart else None,
+            restart_why=decision.why if decision else "tower shutting down",
+        )
+
+    def _account_counters(self, m: Mock) -> None:
+        if not 0 <= m.slot < self.cfg.max_mocks:
+            return
+        try:
+            c = self.counters.read(m.slot)
+        except RuntimeError:
+            return
+        if c.pid == m.pid:
+            totals = self.lot_totals.setdefault(m.lot_name, {})
+            for name in ("sent", "failed", "retried", "bytes", "dropped"):
+                totals[name] = totals.get(name, 0) + getattr(c, name)
+        self.counters.clear(m.slot)
+
+    def _on_pidfd(self, m: Mock) -> None:
+        if self.by_pid.get(m.pid) is m:
+            self.on_exit(m, None)
+
+    # ------------------------------------------------------------------ rescan
+
+    def rescan(self, startup: bool) -> None:
+        """Adopt live mocks from PID files, report dead ones as lost, then take
+        every waiting trigger (start-up, inotify overflow, SIGHUP)."""
+        self.events.emit("rescan", startup=startup)
+        pids_dir = self.dirs["pids"]
+        for name in sorted(os.listdir(pids_dir)):
+            if name in self.mocks:
+                continue
+            path = os.path.join(pids_dir, name)
+            try:
+                check_mock_id(name)
+                rec = read_pid_file(path)
+                if rec.mock_id != name:
+                    raise ValueError("the record names another mock")
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, TypeError) as exc:
+                self._unlink(path)
+                self.events.emit("pidfile-invalid", file=name, reason=str(exc))
+                continue
+            self._adopt_or_bury(rec)
+        if startup:
+            self.reap()
+        for name in sorted(os.listdir(self.dirs["start"])):
+            if not name.startswith("."):
+                self.on_start_name(name)
+        for name in sorted(os.listdir(self.dirs["stop"])):
+            if not name.startswith("."):
+                self.on_stop_name(name)
+        if os.path.lexists(os.path.join(self.root, "upgrade")):
+            self.on_upgrade()
+
+    def _adopt_or_bury(self, rec: PidRecord) -> None:
+        m = Mock(rec.mock_id, rec.lot, rec.index, rec.slot, restarts=rec.restarts)
+        m.pid = rec.pid
+        m.start_ticks = rec.start_ticks
+        m.lot_name = rec.lot_name
+        m.restart = {**rec.restart, **self.cfg.restart_overrides}
+        m.started_at = rec.started_at
+        m.started_mono = time.monotonic() - max(0.0, time.time() - rec.started_at)
+        m.version = rec.version
+        stat = check_identity(rec, self.boot)
+        slot_ok = 0 <= rec.slot < self.cfg.max_mocks and rec.slot not in self.used_slots
+        if stat is not None and slot_ok:
+            m.child = stat.ppid == self.me
+            if not m.child:
+                try:
+                    m.pidfd = os.pidfd_open(rec.pid)
+                except ProcessLookupError:
+                    stat = None
+        if stat is None or not slot_ok:
+            m.state = "running"
+            m.slot = -1
+            self.on_exit(m, None)  # lost: how it ended is unknown
+            return
+        m.state = "running"
+        self.free_slots.remove(rec.slot)
+        self.used_slots.add(rec.slot)
+        self.mocks[m.id] = m
+        self.by_pid[m.pid] = m
+        if m.pidfd is not None:
+            self.sel.register(m.pidfd, selectors.EVENT_READ, lambda mm=m: self._on_pidfd(mm))
+        self.events.emit(
+            "adopted",
+            mock=m.id,
+            lot=m.lot_name,
+            index=m.index,
+            pid=m.pid,
+            child=m.child,
+            version=m.version,
+        )
+
+    # ------------------------------------------------------------------ upgrade
+
+    def on_upgrade(self) -> None:
+        path = os.path.join(self.root, "upgrade")
+        if self.upgrade_to is not None:
+            return
+        try:
+            req = parse_upgrade(read_trigger_bytes(path))
+        except TriggerError as exc:
+            if os.path.lexists(path):
+                self.reject("upgrade", "upgrade", str(exc))
+            return
+        if req.version == self.version:
+            self._unlink(path)
+            self.events.emit("upgrade-complete", version=self.version, pid=self.me)
+            return
+        from mockfleet.tower.upgrade import UpgradeError, install
+
+        self.events.emit("upgrade-fetching", version=req.version, source=req.source)
+        self.events.flush()
+        try:
+            site = install(self.root, req)
+        except UpgradeError as exc:
+            self.events.emit("upgrade-failed", version=req.version, reason=str(exc))
+            self.reject("upgrade", "upgrade", str(exc))
+            return
+        self.events.emit("upgrade-installed", version=req.version, path=site)
+        self.upgrade_to = (req.version, site)
+
+    def _exec_upgrade(self) -> None:
+        assert self.upgrade_to is not None
+        version, site = self.upgrade_to
+        self.events.emit(
+            "upgrade-exec",
+            version=version,
+            previous_version=self.version,
+            pid=self.me,
+            mocks=len(self.mocks),
+        )
+        self.events.flush()
+        self._stop_zygote(timeout=5.0)
+        env = dict(os.environ)
+        old = env.get("MOCKFLEET_TOWER_BASE_PYTHONPATH", env.get("PYTHONPATH", ""))
+        env["MOCKFLEET_TOWER_BASE_PYTHONPATH"] = old
+        env["PYTHONPATH"] = site + (os.pathsep + old if old else "")
+        env["MOCKFLEET_TOWER_VERSION"] = version
+        env["MOCKFLEET_TOWER_PREVIOUS"] = self.version
+        signal.set_wakeup_fd(-1)
+        argv = [sys.executable, "-m", "mockfleet.tower", *self.cfg.to_argv()]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, argv, env)
+
+    def _stop_zygote(self, timeout: float) -> None:
+        """Close the zygote's socket and reap it synchronously."""
+        if not self.zygote.pid:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            if self.zygote.sock is not None:
+                self.sel.unregister(self.zygote.fileno())
+        self.zygote.close()
+        deadline = time.monotonic() + timeout
+        pid = self.zygote.pid
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.005)  # a brief, bounded wait for a process that is exiting
+        self.zygote.pid = 0
+
+    # ------------------------------------------------------------------ shutdown
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        self.shutdown_deadline = time.monotonic() + self.cfg.stop_grace
+        log("tower stopping", mocks=len(self.mocks), grace=self.cfg.stop_grace)
+        self.events.emit("tower-stopping", mocks=len(self.mocks), grace=self.cfg.stop_grace)
+        if self.zygote.pid:
+            with contextlib.suppress(KeyError, ValueError):
+                if self.zygote.sock is not None:
+                    self.sel.unregister(self.zygote.fileno())
+            self.zygote.close()  # it exits on EOF; reaping it does not respawn
+        self._requeue_inflight()
+        for m in list(self.mocks.values()):
+            m.stop_requested = True
+            if m.state != "starting":
+                self._signal(m, signal.SIGTERM)
+        self.at(self.cfg.stop_grace, self._kill_stragglers)
+
+    def _kill_stragglers(self) -> None:
+        self.killed_stragglers = True
+        for m in list(self.mocks.values()):
+            self.force_kill(m)
+        # Uncommitted mocks and anything else re-parented to us.
+        try:
+            import psutil
+
+            for child in psutil.Process().children():
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+        except Exception:
+            pass
+        self.at(5.0, self._give_up_waiting)
+
+    def _give_up_waiting(self) -> None:
+        self.events.emit("shutdown-timeout", remaining=len(self.mocks))
+        for m in list(self.mocks.values()):
+            self.on_exit(m, None)
+
+    def _shutdown_complete(self) -> bool:
+        if self.mocks or self.to_commit or self.inflight:
+            return False
+        self.reap()
+        return self.no_children
+
+    def _final_cleanup(self) -> None:
+        self.events.emit("tower-stopped", pid=self.me, exits=self.exit_counts)
+        self.events.close()
+        if self.http is not None:
+            self.http.close()
+        signal.set_wakeup_fd(-1)
+        log("tower stopped", exits=self.exit_counts)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        states: dict[str, int] = {"starting": 0, "running": 0, "stopping": 0}
+        lots: dict[str, dict[str, int]] = {}
+        for m in self.mocks.values():
+            states[m.state] = states.get(m.state, 0) + 1
+            lot = lots.setdefault(
+                m.lot_name or "?", {"mocks": 0, "sent": 0, "failed": 0, "bytes": 0}
+            )
+            lot["mocks"] += 1
+            if m.state != "starting":
+                try:
+                    c = self.counters.read(m.slot)
+                except RuntimeError:
+                    continue
+                if c.pid == m.pid:
+                    lot["sent"] += c.sent
+                    lot["failed"] += c.failed
+                    lot["bytes"] += c.bytes
+        for name, totals in self.lot_totals.items():
+            lot = lots.setdefault(name, {"mocks": 0, "sent": 0, "failed": 0, "bytes": 0})
+            for key in ("sent", "failed", "bytes"):
+                lot[key] += totals.get(key, 0)
+        return {
+            "version": self.version,
+            "pid": self.me,
+            "uptime": round(time.monotonic() - self.started_mono, 3),
+            "zygote_pid": self.zygote.pid or None,
+            "mocks": states,
+            "total": len(self.mocks),
+            "pending_triggers": len(self.pending) + len(self.deferred),
+            "exits": dict(self.exit_counts),
+            "lots": lots,
+            "shutting_down": self.shutting_down,
+        }
+
+
+__all__ = ["DEFAULT_DEVICE", "Tower", "TowerConfig"]

@@ -1,0 +1,272 @@
+"""The zygote: a preloaded, single-threaded process that forks every mock.
+
+The tower starts it with fork + exec (a fresh interpreter that holds none of
+the tower's state), it imports and preloads everything a device needs once,
+freezes the garbage collector (so children do not dirty the shared pages),
+then serves start requests over a SOCK_SEQPACKET socket (fd 3).
+
+For each request it double-forks: an intermediate child forks the mock and
+exits at once, so the mock is orphaned and re-parented to the tower, which is
+a child subreaper: every mock is the tower's direct child and the tower alone
+reaps them. The mock then waits on a *gate* pipe whose write end goes to the
+tower (SCM_RIGHTS); the tower closes it once the mock's PID file is durable.
+On end-of-file the mock runs only if the PID file names it, so a tower that
+dies in between never leaves a mock nobody knows about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import importlib.util
+import json
+import os
+import pwd
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+from mockfleet.tower.linux import proc_stat
+
+#: Exit code of a mock whose start was never committed (the tower died or
+#: shut down before writing its PID file). Nobody records it.
+EXIT_UNCOMMITTED = 75
+ZYGOTE_FD = 3
+#: Most starts one intermediate process forks.
+MAX_BATCH = 32
+
+Device = Callable[..., int]
+
+
+def load_device(spec: str) -> Device:
+    """``package.module:function`` or ``/path/to/file.py:function``."""
+    target, _, func = spec.rpartition(":")
+    if not target or not func:
+        raise ValueError(f"device {spec!r} must look like module:function")
+    if target.endswith(".py"):
+        mspec = importlib.util.spec_from_file_location("_mockfleet_device", target)
+        if mspec is None or mspec.loader is None:
+            raise ValueError(f"cannot load {target}")
+        module = importlib.util.module_from_spec(mspec)
+        mspec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    fn = getattr(module, func)
+    if not callable(fn):
+        raise ValueError(f"{spec} is not callable")
+    return fn
+
+
+def _committed(root: str, mock_id: str) -> bool:
+    try:
+        with open(os.path.join(root, "pids", mock_id), "rb") as f:
+            return bool(json.loads(f.read(65536)).get("pid") == os.getpid())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class Zygote:
+    def __init__(self, cfg: dict[str, Any], sock: socket.socket) -> None:
+        from mockfleet.mock.counters import CounterFile
+        from mockfleet.mock.preload import preload
+
+        self.cfg = cfg
+        self.sock = sock
+        self.root: str = cfg["root"]
+        preload(())
+        self.device = load_device(cfg["device"])
+        self.counters = CounterFile(cfg["counters"], cfg["slots"])
+        self.creds: tuple[int, int] | None = None
+        if cfg.get("run_as"):
+            pw = pwd.getpwnam(cfg["run_as"])
+            self.creds = (pw.pw_uid, pw.pw_gid)
+
+    def serve(self) -> None:
+        gc.collect()
+        gc.freeze()  # preloaded objects stay out of the children's collections
+        self.sock.send(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
+        while True:
+            batch = self._receive_batch()
+            if batch is None:
+                return  # the tower closed its end: shut down
+            for reply, fd in self.start_batch(batch):
+                payload = json.dumps(reply).encode()
+                if fd is None:
+                    self.sock.send(payload)
+                else:
+                    self.sock.sendmsg(
+                        [payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))]
+                    )
+                    os.close(fd)
+
+    def _receive_batch(self) -> list[dict[str, Any]] | None:
+        """Block for one request, then take whatever else is queued (up to
+        MAX_BATCH): one intermediate process then forks them all."""
+        batch: list[dict[str, Any]] = []
+        while len(batch) < MAX_BATCH:
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT if batch else 0)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            batch.append(json.loads(data))
+        return batch
+
+    def start_batch(self, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int | None]]:
+        from mockfleet.mock.lot import LotError
+        from mockfleet.mock.preload import loaded_lot
+
+        out: list[tuple[dict[str, Any], int | None]] = []
+        todo: list[tuple[dict[str, Any], Any]] = []
+        for req in batch:
+            mid = req["id"]
+            try:
+                todo.append((req, loaded_lot(req["lot"])))
+            except LotError as exc:
+                why = "invalid lot: " + "; ".join(exc.problems)
+                out.append(({"id": mid, "ok": False, "permanent": True, "error": why}, None))
+            except OSError as exc:
+                why = f"cannot read the lot {req['lot']}: {exc.strerror or exc}"
+                out.append(({"id": mid, "ok": False, "permanent": True, "error": why}, None))
+            except Exception as exc:
+                why = f"lot failed to load: {exc}"
+                out.append(({"id": mid, "ok": False, "permanent": True, "error": why}, None))
+        if not todo:
+            return out
+        gates = [os.pipe() for _ in todo]
+        report_r, report_w = os.pipe()
+        mid_pid = os.fork()
+        if mid_pid == 0:  # the intermediate: fork the mocks, report them, vanish
+            try:
+                os.close(report_r)
+                lines = []
+                for i, (req, lot) in enumerate(todo):
+                    pid = os.fork()
+                    if pid == 0:
+                        os.close(report_w)
+                        for j, (r, w) in enumerate(gates):
+                            os.close(w)
+                            if j != i:
+                                os.close(r)
+                        self._mock(req, lot, gates[i][0])
+                    st = proc_stat(pid)  # still our child: it cannot be reaped yet
+                    lines.append(f"{pid} {st.start_ticks if st else -1}")
+                data = ("\n".join(lines) + "\n").encode()
+                while data:
+                    data = data[os.write(report_w, data) :]
+            finally:
+                os._exit(0)
+        os.close(report_w)
+        for r, _w in gates:
+            os.close(r)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(report_r, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(report_r)
+        os.waitpid(mid_pid, 0)
+        reports = b"".join(chunks).decode().split("\n")
+        for i, (req, lot) in enumerate(todo):
+            gate_w = gates[i][1]
+            try:
+                pid_s, ticks_s = reports[i].split()
+                pid, ticks = int(pid_s), int(ticks_s)
+            except (ValueError, IndexError):
+                pid, ticks = 0, -1
+            if ticks < 0:
+                os.close(gate_w)
+                err = {"id": req["id"], "ok": False, "permanent": False, "error": "fork failed"}
+                out.append((err, None))
+                continue
+            reply = {
+                "id": req["id"],
+                "ok": True,
+                "pid": pid,
+                "start_ticks": ticks,
+                "lot_name": lot.lot.name,
+                "restart": lot.lot.spec.restart.model_dump(mode="json"),
+            }
+            out.append((reply, gate_w))
+        return out
+
+    def _mock(self, req: dict[str, Any], lot: Any, gate_r: int) -> None:
+        """The mock process. Never returns."""
+        code = 1
+        try:
+            os.setsid()  # own session and process group: killpg reaches all of it
+            self.sock.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            while True:
+                try:
+                    if not os.read(gate_r, 1):
+                        break
+                except InterruptedError:
+                    continue
+            os.close(gate_r)
+            if not _committed(self.root, req["id"]):
+                os._exit(EXIT_UNCOMMITTED)
+            if self.cfg.get("rlimit_nofile"):
+                n = int(self.cfg["rlimit_nofile"])
+                resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+            if self.cfg.get("rlimit_as"):
+                n = int(self.cfg["rlimit_as"])
+                resource.setrlimit(resource.RLIMIT_AS, (n, n))
+            if self.creds is not None and os.geteuid() == 0:
+                uid, gid = self.creds
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+            slot = self.counters.slot(int(req["slot"]))
+            slot.reset(os.getpid(), time.time())
+            stop_file = os.path.join(self.root, "stop", req["id"])
+            code = int(self.device(lot, int(req["index"]), stop_file=stop_file, counters=slot))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+
+
+def main(argv: list[str]) -> int:
+    cfg = json.loads(argv[1])
+    sock = socket.socket(fileno=ZYGOTE_FD)
+    os.set_inheritable(ZYGOTE_FD, False)
+    try:
+        zygote = Zygote(cfg, sock)
+    except Exception as exc:
+        print(
+            json.dumps({"component": "zygote", "msg": "start-up failed", "error": str(exc)}),
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    zygote.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
