@@ -7,6 +7,7 @@ import os
 import queue
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -190,6 +191,21 @@ def test_no_credentials_where_they_are_required_is_fatal(
     sink = new_sink(sinks, mqtt_spec(mqtt_broker, port=mqtt_broker.auth_port), names())
     with pytest.raises(FatalSinkError, match="refused"):
         sink.open(go_on)
+
+
+def test_a_broker_that_never_answers_connect_times_out(sinks: list[MqttSink]) -> None:
+    with socket.socket() as silent:  # listening, never accepting, never answering
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        spec = lot.MqttSink(
+            type="mqtt", host="127.0.0.1", port=silent.getsockname()[1], connectTimeout=0.5
+        )
+        sink = new_sink(sinks, spec, names())
+        started = time.monotonic()
+        with pytest.raises(SinkError, match="no answer to CONNECT"):
+            sink.open(go_on)
+        assert time.monotonic() - started < 5
+        assert sink.fileno() is None
 
 
 def test_an_unreachable_broker_is_a_transient_error(sinks: list[MqttSink]) -> None:

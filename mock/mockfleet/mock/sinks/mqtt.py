@@ -44,6 +44,16 @@ RECONNECT_BASE = 0.5
 RECONNECT_CAP = 30.0
 
 
+def _live(client: mqtt.Client | None) -> Any:
+    """The client's socket while it is open. (A socket this module closed
+    itself, after a failed connect, stays referenced by paho until its next
+    reconnect; it must not reach select().)"""
+    sock = client.socket() if client is not None else None
+    if sock is None or sock.fileno() < 0:
+        return None
+    return sock
+
+
 def command_from_message(payload: bytes | bytearray, field: str) -> str | None:
     """A command from a message on the command topic: the string ``field`` of
     a JSON object, else the payload's text (stripped); None when empty."""
@@ -79,6 +89,7 @@ class MqttSink(Sink):
         self._connack: ReasonCode | None = None
         self._sub_mid: int | None = None
         self._subscribed = False
+        self._sub_refused = False
         self._commands: list[str] = []
         self._failures = 0
         #: connections made so far (for tests and metrics)
@@ -138,7 +149,7 @@ class MqttSink(Sink):
         self._connected = True
         self.connects += 1
         if self.command_topic is not None:
-            self._subscribed = False
+            self._subscribed = self._sub_refused = False
             _, self._sub_mid = client.subscribe(self.command_topic, qos=1)
 
     def _on_disconnect(
@@ -150,7 +161,8 @@ class MqttSink(Sink):
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
     ) -> None:
         if mid == self._sub_mid:
-            self._subscribed = not any(r.is_failure for r in reasons)
+            self._sub_refused = any(r.is_failure for r in reasons)
+            self._subscribed = not self._sub_refused
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self.command_topic is None or not mqtt.topic_matches_sub(self.command_topic, msg.topic):
@@ -164,7 +176,7 @@ class MqttSink(Sink):
     def _step(self, timeout: float) -> None:
         """One select + read/write/keepalive round on the client's socket."""
         client = self._client
-        sock = client.socket() if client is not None else None
+        sock = _live(client)
         if client is None or sock is None:
             return
         # Bytes already decrypted inside the TLS layer do not wake select().
@@ -173,9 +185,9 @@ class MqttSink(Sink):
         readable, writable, _ = select.select([sock], wlist, [], 0 if pending else timeout)
         if readable or pending:
             client.loop_read()
-        if writable and client.socket() is not None:
+        if writable and _live(client) is not None:
             client.loop_write()
-        if client.socket() is not None:
+        if _live(client) is not None:
             client.loop_misc()
 
     def _pump(self, done: Callable[[], bool], deadline: float) -> bool:
@@ -183,7 +195,7 @@ class MqttSink(Sink):
         closes; return ``done()``."""
         while not done():
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._client is None or self._client.socket() is None:
+            if remaining <= 0 or self._client is None or _live(self._client) is None:
                 return done()
             self._step(min(remaining, 0.25))
         return True
@@ -234,7 +246,16 @@ class MqttSink(Sink):
                     "client certificate and the broker's ACL"
                 )
             raise SinkError(f"{self.where}: broker refused the connection: {reason}")
-        if self.command_topic is not None and not self._pump(lambda: self._subscribed, deadline):
+        if self.command_topic is None:
+            return
+        self._pump(lambda: self._subscribed or self._sub_refused, deadline)
+        if self._sub_refused:
+            self.close(1)
+            raise FatalSinkError(
+                f"{self.where}: the broker refused the subscription to {self.command_topic}; "
+                "allow it in the broker's ACL or change sink.commandTopic"
+            )
+        if not self._subscribed:
             self._drop_socket()
             self._connected = False
             raise SinkError(
@@ -264,18 +285,18 @@ class MqttSink(Sink):
         client = self._client
         if client is None:
             return
-        if self._connected and client.socket() is not None:
+        if self._connected and _live(client) is not None:
             with contextlib.suppress(OSError):
                 client.disconnect()
                 # paho closes the socket once DISCONNECT is fully written.
-                self._pump(lambda: client.socket() is None, time.monotonic() + timeout)
+                self._pump(lambda: _live(client) is None, time.monotonic() + timeout)
         self._drop_socket()
         self._connected = False
         self._client = None
 
     def _drop_socket(self) -> None:
         client = self._client
-        sock = client.socket() if client is not None else None
+        sock = _live(client)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -329,7 +350,7 @@ class MqttSink(Sink):
         )
 
     def fileno(self) -> int | None:
-        sock = self._client.socket() if self._client is not None else None
+        sock = _live(self._client)
         return sock.fileno() if sock is not None else None
 
     def on_readable(self) -> list[str]:
@@ -339,28 +360,28 @@ class MqttSink(Sink):
         for _ in range(64):
             if client is None or client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
-            sock = client.socket()
+            sock = _live(client)
             if sock is None:
                 break
             # Records already decrypted by the TLS layer do not wake select().
             pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
             if not pending and not select.select([sock], [], [], 0)[0]:
                 break
-        if client is not None and client.socket() is not None and client.want_write():
+        if client is not None and _live(client) is not None and client.want_write():
             client.loop_write()  # acknowledgements of QoS 1/2 commands
         return self._take_commands()
 
     def service(self) -> list[str]:
         client = self._client
-        if client is not None and client.socket() is not None:
+        if client is not None and _live(client) is not None:
             client.loop_misc()  # keepalive: PINGREQ when due, drop a dead link
-            if client.socket() is not None and client.want_write():
+            if _live(client) is not None and client.want_write():
                 client.loop_write()
         return self._take_commands()
 
     def next_service_in(self) -> float | None:
         client = self._client
-        if client is None or client.socket() is None:
+        if client is None or _live(client) is None:
             return None
         if client.want_write():
             return 0.0
