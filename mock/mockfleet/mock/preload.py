@@ -54,3 +54,14 @@ def preload(lot_paths: tuple[str, ...] = ()) -> None:
 
     for p in lot_paths:
         preload_sink(loaded_lot(p).lot.spec.sink)
+    warm_up()
+
+
+def warm_up() -> None:
+    """Run, once in the parent, the lazy imports and caches a device would
+    otherwise fill after the fork, each child paying for its own copy."""
+    # socket.getaddrinfo encodes every host name with the idna codec, which
+    # imports encodings.idna, stringprep and unicodedata on first use
+    "localhost".encode("idna")
+    import http.client  # noqa: F401
+    import selectors  # noqa: F401
