@@ -321,3 +321,19 @@ def test_small_window_matches_the_documented_model(stream: list[int]) -> None:
         late,
     )
     assert tracker.lost == max(0, max(stream) - min(stream) + 1 - unique)
+
+
+def test_schedule_lag_is_measured_when_the_field_is_named() -> None:
+    import json as _json
+
+    from mockfleet.tower.receiver.stats import EnvelopeFields as _F
+    from mockfleet.tower.receiver.stats import Stats as _S
+
+    stats = _S(_F(scheduled_at="due_at"))
+    for i in range(100):
+        body = {"device_id": "d", "seq": i, "sent_at": 1000.0 + i + 0.010, "due_at": 1000.0 + i}
+        stats.observe(_json.dumps(body).encode(), 1000.0 + i + 0.02)
+    lag = stats.snapshot()["schedule_lag_ms"]
+    assert lag["count"] == 100
+    assert 9.5 <= lag["p50"] <= 10.5
+    assert _S().snapshot()["schedule_lag_ms"] is None

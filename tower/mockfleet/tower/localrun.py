@@ -159,7 +159,9 @@ class LocalRun:
         from mockfleet.tower.receiver.stats import EnvelopeFields
 
         env = lot.spec.envelope
-        fields = EnvelopeFields(env.deviceField, env.seqField, env.sentAtField)
+        fields = EnvelopeFields(
+            env.deviceField, env.seqField, env.sentAtField, env.scheduledAtField
+        )
         self.receiver = Receiver(http=addr, fields=fields)
         try:
             self.receiver.start()

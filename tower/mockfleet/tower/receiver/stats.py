@@ -50,6 +50,8 @@ class EnvelopeFields:
     device: str = "device_id"
     seq: str = "seq"
     sent_at: str = "sent_at"
+    #: optional: the sample's scheduled time; sent_at minus it is the device's lag
+    scheduled_at: str | None = None
 
 
 class DeviceStats:
@@ -158,6 +160,7 @@ class Stats:
         self._lock = threading.Lock()
         self._devices: dict[str, DeviceStats] = {}
         self._latency = LatencyHistogram()
+        self._lag = LatencyHistogram()
         self._rate = _RateMeter()
         self._malformed_reasons: dict[str, int] = {}
         self.started_at: float = clock()
@@ -225,6 +228,11 @@ class Stats:
                 ms = 0.0
             index = bucket_of(ms)
             self._latency.add(ms, index)
+            if fields.scheduled_at is not None:
+                due: Any = doc.get(fields.scheduled_at)
+                if type(due) in (float, int) and math.isfinite(due):
+                    lag = max(0.0, (sent_at - due) * 1000.0)
+                    self._lag.add(lag, bucket_of(lag))
             device.lat_buckets[index] = device.lat_buckets.get(index, 0) + 1
             device.lat_count += 1
             if ms > device.lat_max:
@@ -278,6 +286,7 @@ class Stats:
                 "rate": round(self._rate.rate(now), 1),
                 "mean_rate": round(self.received / elapsed, 1) if elapsed > 0 else 0.0,
                 "latency_ms": self._latency.summary(),
+                "schedule_lag_ms": self._lag.summary() if self.fields.scheduled_at else None,
                 "clock_skewed": self.clock_skewed,
                 "window": self.window,
                 "sent": sent,
