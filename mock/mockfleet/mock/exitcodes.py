@@ -1,14 +1,16 @@
 """Exit codes of ``mockfleet mock``: the tower's restart policy reads them.
 
-| code | meaning                                                   | restart? |
-|------|-----------------------------------------------------------|----------|
-| 0    | finished: duration, message count, terminal state, stop   | Always   |
-| 1    | unexpected internal error (a bug: please report it)        | OnFailure|
-| 2    | usage error (bad command line)                            | no       |
-| 3    | invalid lot (schema, template, unreadable file)           | no       |
-| 4    | fatal sink error (credentials rejected, bad TLS files)    | no       |
-| 5    | the sink stayed unreachable past the failure budget       | OnFailure|
-| 128+N| killed by signal N (the tower records the signal)         | OnFailure|
+| code  | meaning                                                     | restart (OnFailure) |
+|-------|-------------------------------------------------------------|---------------------|
+| 0     | finished (duration, message count, terminal state) or stopped | no                |
+| 1     | unexpected internal error (a bug: please report it)         | yes                 |
+| 2     | usage error (bad command line)                              | never               |
+| 3     | invalid lot (schema, template, unreadable file)             | never               |
+| 4     | fatal sink error (credentials rejected, bad secret/TLS files) | never             |
+| signal| killed by a signal (the tower records which)                | yes                 |
+
+An unreachable backend is not an exit: the device keeps retrying with
+backoff and counts the failures, because backends under test come and go.
 """
 
 EXIT_OK = 0
@@ -16,7 +18,6 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_INVALID_LOT = 3
 EXIT_SINK_FATAL = 4
-EXIT_SINK_UNREACHABLE = 5
 
 #: Exits that a restart cannot fix: restarting would only fail again.
 PERMANENT_FAILURES = frozenset({EXIT_USAGE, EXIT_INVALID_LOT, EXIT_SINK_FATAL})
@@ -27,5 +28,4 @@ DESCRIPTIONS = {
     EXIT_USAGE: "usage error",
     EXIT_INVALID_LOT: "invalid lot",
     EXIT_SINK_FATAL: "fatal sink error",
-    EXIT_SINK_UNREACHABLE: "sink unreachable",
 }
