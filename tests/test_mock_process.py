@@ -240,3 +240,47 @@ def test_every_example_previews(example: str) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 3
+
+
+def test_mqtt_command_causes_a_transition(
+    tmp_path: Path, procs: list[Any], mqtt_broker: Any
+) -> None:
+    from support.sink_broker import Subscriber
+
+    lot = write_lot(
+        tmp_path,
+        {
+            "timing": {"interval": "100ms"},
+            "payload": {"template": {"state": {"$gen": "device", "field": "state"}}},
+            "initialState": "idle",
+            "states": {
+                "idle": {"transitions": [{"to": "busy", "command": "work"}]},
+                "busy": {"transitions": [{"to": "done", "command": "finish"}]},
+                "done": {"terminal": True},
+            },
+            "sink": {
+                "type": "mqtt",
+                "port": mqtt_broker.port,
+                "qos": 1,
+                "topic": "mp/{id}/up",
+                "commandTopic": "mp/{id}/down",
+            },
+        },
+        name="mqttcmd",
+    )
+    sub = Subscriber(mqtt_broker, "mp/+/up")
+    try:
+        p = start(procs, "mock", "--lot", str(lot), "--index", "1")
+
+        def states() -> list[str]:
+            return [json.loads(b)["state"] for b in sub.received("mp/mqttcmd-00001/up")]
+
+        wait_for(lambda: "idle" in states(), 20)
+        sub.publish("mp/mqttcmd-00001/down", json.dumps({"command": "work"}))
+        wait_for(lambda: "busy" in states(), 20)
+        sub.publish("mp/mqttcmd-00001/down", "finish")  # plain text works too
+        assert p.wait(20) == EXIT_OK
+        seen = states()
+        assert seen == sorted(seen, key=["idle", "busy"].index)  # idle..., then busy...
+    finally:
+        sub.close()
