@@ -65,13 +65,17 @@ class TowerProc:
         self.pid = self.proc.pid
 
     def events(self) -> list[dict[str, Any]]:
+        """This tower's events (from its first start-up on; the log is shared
+        with earlier towers on the same root)."""
         path = self.root / "events.jsonl"
         if not path.exists():
             return []
-        out = []
+        out: list[dict[str, Any]] = []
         for line in path.read_text().splitlines():
             with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
+                event = json.loads(line)
+                if out or (event["event"] == "tower-started" and event["pid"] == self.pid):
+                    out.append(event)
         return out
 
     def wait_ready(self, timeout: float = 30) -> None:

@@ -1,0 +1,104 @@
+"""In-place upgrade from a local artifact: re-exec with mocks running (none
+restarted, all still reaped afterwards); a bad checksum changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from support.polling import wait_for
+from support.tower_harness import TowerProc, exits, no_leftovers, pids, write_lot
+
+from mockfleet.tower.triggers import write_start, write_stop, write_upgrade
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Iterator[Path]:
+    with no_leftovers():
+        yield tmp_path
+
+
+def build_artifact(path: Path) -> str:
+    """A zip of the current mockfleet.tower and mockfleet.mock sources."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for component in ("tower", "mock"):
+            top = REPO / component
+            for file in sorted((top / "mockfleet").rglob("*.py")):
+                zf.write(file, str(file.relative_to(top)))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_upgrade_re_execs_in_place_and_keeps_every_mock(base: Path) -> None:
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "up", {})
+    artifact = base / "mockfleet-9.9.9.zip"
+    sha = build_artifact(artifact)
+    tower = TowerProc(root, "--stop-grace", "2s")
+    tower.wait_ready()
+    for i in range(10):
+        write_start(root, f"u{i}", lot, i)
+    wait_for(lambda: len(pids(root)) == 10, 30)
+    before = pids(root)
+    write_upgrade(root, "9.9.9", str(artifact), sha)
+
+    def upgraded() -> list[dict[str, object]]:
+        return [
+            e for e in tower.events() if e["event"] == "tower-started" and e["version"] == "9.9.9"
+        ]
+
+    (started,) = wait_for(upgraded, 60)
+    assert started["pid"] == tower.pid  # same process: exec, not a new tower
+    assert str(started["code"]).startswith(str(root / "versions" / "9.9.9"))
+    assert tower.proc.poll() is None
+    wait_for(lambda: any(e["event"] == "upgrade-complete" for e in tower.events()), 30)
+    assert not (root / "upgrade").exists()
+    adopted = [e for e in tower.events() if e["event"] == "adopted"]
+    assert {e["mock"] for e in adopted} == set(before) and all(e["child"] for e in adopted)
+    assert pids(root) == before  # none restarted
+    assert {p.pid for p in psutil.Process(tower.pid).children()} >= set(before.values())
+    # New mocks start on the new version; old ones are still reaped with exit codes.
+    write_start(root, "new", lot, 99)
+    wait_for(lambda: "new" in pids(root), 30)
+    assert json.loads((root / "pids" / "new").read_text())["version"] == "9.9.9"
+    for mock_id in ("u0", "u1", "u2"):
+        write_stop(root, mock_id)
+    wait_for(lambda: len(exits(tower.events())) == 3, 30)
+    for e in exits(tower.events()):
+        assert (e["reason"], e["exit_code"]) == ("stopped", 0)
+    assert tower.stop() == 0
+    assert len(exits(tower.events())) == 11
+
+
+def test_upgrade_with_a_wrong_checksum_changes_nothing(base: Path) -> None:
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "up", {})
+    artifact = base / "a.zip"
+    build_artifact(artifact)
+    tower = TowerProc(root)
+    tower.wait_ready()
+    write_start(root, "k", lot, 0)
+    wait_for(lambda: "k" in pids(root), 30)
+    before = pids(root)
+    write_upgrade(root, "6.6.6", str(artifact), "0" * 64)
+    wait_for(lambda: any(e["event"] == "upgrade-failed" for e in tower.events()), 30)
+    (failed,) = [e for e in tower.events() if e["event"] == "upgrade-failed"]
+    assert "sha256 mismatch" in failed["reason"]
+    (reason,) = (root / "rejected").glob("upgrade.*.reason")
+    assert "sha256 mismatch" in json.loads(reason.read_text())["reason"]
+    assert not (root / "upgrade").exists()
+    assert not (root / "versions" / "6.6.6").exists()
+    assert [e["pid"] for e in tower.events() if e["event"] == "tower-started"] == [tower.pid]
+    assert pids(root) == before and tower.proc.poll() is None
+    # A missing artifact is refused the same way.
+    write_upgrade(root, "6.6.7", str(base / "missing.zip"), "0" * 64)
+    wait_for(lambda: sum(e["event"] == "upgrade-failed" for e in tower.events()) == 2, 30)
+    assert tower.stop() == 0
+    assert os.listdir(root / "pids") == []
