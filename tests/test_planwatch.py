@@ -576,3 +576,40 @@ def test_standalone_needs_a_node(env: tuple[Path, Path]) -> None:
     )
     assert done.returncode == 2 and "--node is required" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- with a real tower
+
+
+def test_a_real_tower_follows_the_plan_through_the_sidecar(env: tuple[Path, Path]) -> None:
+    from support.tower_harness import TowerProc, exits, no_leftovers, pids
+
+    plan_dir, root = env
+    lot = lot_doc(constants={"towertest": {}})  # the stand-in device: runs until stopped
+    with no_leftovers():
+        tower = TowerProc(root)
+        sidecar = subprocess.Popen(
+            _cli("--plan", str(plan_dir), "--root", str(root), "--node", NODE),
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            tower.wait_ready()
+            publish(plan_dir, {NODE: [[0, 6]], "node-b": [[6, 9]]}, lot=lot)
+            wait_for(lambda: set(pids(root)) == mids(range(6)), 60, 0.05)
+            publish(plan_dir, {NODE: [[0, 4]], "node-b": [[4, 9]]}, lot=lot, generation=2)
+            wait_for(lambda: set(pids(root)) == mids(range(4)), 60, 0.05)
+            stopped = exits(tower.events())
+            assert sorted(e["mock"] for e in stopped) == sorted(mids(range(4, 6)))
+            assert {e["reason"] for e in stopped} == {"stopped"}
+            publish(plan_dir, {NODE: [[0, 4]]}, lot=lot, paused=True, generation=3)
+            wait_for(lambda: not pids(root), 60, 0.05)
+            assert not ids(root, "start") and not ids(root, "stop")
+        finally:
+            sidecar.send_signal(signal.SIGTERM)
+            try:
+                assert sidecar.wait(timeout=10) == 0
+            finally:
+                if sidecar.poll() is None:
+                    sidecar.kill()
+                    sidecar.wait()
+                assert tower.stop() == 0
