@@ -20,6 +20,7 @@ COMPONENT_CLIS = (
     "mockfleet.tower.cli",
     "mockfleet.tower.run_cli",
     "mockfleet.tower.receive_cli",
+    "mockfleet.tower.planwatch_cli",
     "mockfleet.operator.cli",
 )
 
