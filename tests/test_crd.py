@@ -173,6 +173,12 @@ def test_sink_union_becomes_one_object_with_a_type_enum() -> None:
         assert field in sink["properties"]
 
 
+def test_exclusive_bounds_use_openapi_3_0_booleans() -> None:
+    rate = _schema()["properties"]["spec"]["properties"]["tower"]["properties"]["maxStartRate"]
+    assert rate["minimum"] == 0
+    assert rate["exclusiveMinimum"] is True
+
+
 def test_no_defaults_or_titles_leak_into_the_crd() -> None:
     text = yaml.safe_dump(_schema())
     assert "default:" not in text
@@ -216,6 +222,9 @@ def _openapi_to_jsonschema(node: Any) -> Any:
         if "enum" in out:
             out["enum"] = [*out["enum"], None]
     out.pop("nullable", None)
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if out.get(exclusive) is True:
+            out[exclusive] = out.pop(bound)
     if (
         out.get("type") == "object"
         and "properties" in out

@@ -90,6 +90,12 @@ def _plain(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out[key] = copy.deepcopy(value)
     if "const" in node:
         out["enum"] = [node["const"]]
+    # JSON Schema's numeric exclusive bounds are OpenAPI 3.0 booleans beside minimum/maximum.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(exclusive)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[bound] = value
+            out[exclusive] = True
     if node.get(_INT_OR_STRING) or (node.get(_PRESERVE) and "type" not in node):
         out.pop("type", None)
         return out
