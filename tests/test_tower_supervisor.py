@@ -296,3 +296,50 @@ def test_http_status_and_metrics(base: Path) -> None:
     with pytest.raises(urllib.error.HTTPError):
         get("/nope")
     assert tower.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--run-as needs root")
+def test_run_as_drops_privileges_of_the_mocks(base: Path) -> None:
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    # Outside pytest's 0700 temp tree: the mocks must be able to reach stop/.
+    top = Path(tempfile.mkdtemp(prefix="tower-run-as-"))
+    try:
+        os.chmod(top, 0o711)
+        root = top / "root"
+        lot = write_lot(base / "lot.yaml", "low", {})
+        tower = TowerProc(root, "--run-as", "nobody", "--rlimit-nofile", "64")
+        tower.wait_ready()
+        write_start(root, "low0", lot, 0)
+        wait_for(lambda: "low0" in pids(root), 30)
+        proc = psutil.Process(pids(root)["low0"])
+        assert proc.uids().real == nobody.pw_uid and proc.gids().real == nobody.pw_gid
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        assert [line.split()[3:5] for line in limits.splitlines() if "open files" in line] == [
+            ["64", "64"]
+        ]
+        assert os.stat(root / "stop").st_uid == nobody.pw_uid
+        write_stop(root, "low0")
+        wait_for(lambda: exits(tower.events()), 15)
+        (e,) = exits(tower.events())
+        assert (e["reason"], e["exit_code"]) == ("stopped", 0)
+        assert not (root / "stop" / "low0").exists()
+        assert tower.stop() == 0
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_zygote_that_cannot_start_is_retried_with_backoff(base: Path) -> None:
+    root = base / "root"
+    tower = TowerProc(root, device="no.such.module:run")
+
+    def failures() -> list[dict[str, object]]:
+        return [e for e in tower.events() if e["event"] == "zygote-exited"]
+
+    wait_for(lambda: len(failures()) >= 2, 30)
+    assert "before it was ready" in str(failures()[-1]["reason"])
+    assert tower.proc.poll() is None
+    assert tower.stop() == 0

@@ -36,11 +36,12 @@ def run(lot: Any, index: int, *, stop_file: str | None = None, counters: Any = N
             time.sleep(0.2)
         elif signal.sigtimedwait([signal.SIGTERM], 0.2) is not None:
             if stop_file:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.unlink(stop_file)
             return 0
         if not ignore and stop_file and os.path.exists(stop_file):
-            os.unlink(stop_file)
+            with contextlib.suppress(OSError):
+                os.unlink(stop_file)
             return 0
         if end is not None and time.monotonic() >= end:
             return exit_code

@@ -170,6 +170,9 @@ class Tower:
         self.bucket = policy.TokenBucket(cfg.max_start_rate, now=time.monotonic())
         self.pacing_timer = False
         self.http: Any = None
+        self.zygote_failures = 0
+        self.zygote_was_ready = False
+        self.zygote_respawning = False
 
     # ------------------------------------------------------------------ set-up
 
@@ -184,6 +187,7 @@ class Tower:
             pw = pwd.getpwnam(self.cfg.run_as)
             # Devices acknowledge a stop by deleting their stop file.
             os.chown(self.dirs["stop"], pw.pw_uid, pw.pw_gid)
+            os.chmod(self.root, 0o711)  # traverse only: reach stop/, list nothing
         set_child_subreaper()
         from mockfleet.mock.counters import CounterFile
 
@@ -233,6 +237,7 @@ class Tower:
         log("tower started", root=self.root, version=self.version, pid=self.me)
 
     def _spawn_zygote(self) -> None:
+        self.zygote_was_ready = False
         self.zygote.spawn()
         self.sel.register(self.zygote.fileno(), selectors.EVENT_READ, self._on_zygote)
 
@@ -436,6 +441,7 @@ class Tower:
     def _on_reply(self, reply: dict[str, Any], fd: int | None) -> None:
         if reply.get("op") == "ready":
             self.zygote.ready = True
+            self.zygote_was_ready = True
             self.events.emit("zygote-ready", pid=reply.get("pid"))
             return
         mock_id = reply.get("id", "")
@@ -661,13 +667,25 @@ class Tower:
         self._requeue_inflight()
         if self.shutting_down or self.upgrade_to is not None:
             return
+        if not self.zygote_was_ready:
+            self.zygote_failures += 1
+        else:
+            self.zygote_failures = 0
+        delay = 0.0 if not self.zygote_failures else min(30.0, 0.5 * 2**self.zygote_failures)
         self.events.emit(
             "zygote-exited",
             exit_code=code if code >= 0 else None,
             signal=-code if code < 0 else None,
-            reason="restarting it",
+            reason=f"restarting it in {delay:g}s"
+            + (" (it died before it was ready: check --device and the logs)" if delay else ""),
         )
-        self._spawn_zygote()
+        self.zygote_respawning = True
+        self.at(delay, self._respawn_zygote)
+
+    def _respawn_zygote(self) -> None:
+        self.zygote_respawning = False
+        if not self.shutting_down and self.upgrade_to is None and not self.zygote.pid:
+            self._spawn_zygote()
 
     def on_exit(self, m: Mock, status: int | None) -> None:
         """Record how a mock ended; schedule its restart when the policy says so."""
