@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -24,7 +26,7 @@ from support.recording_http import (
 from mockfleet.mock import lot
 from mockfleet.mock.sinks.base import FatalSinkError, SendOutcome
 from mockfleet.mock.sinks.factory import make_sink
-from mockfleet.mock.sinks.http import HttpSink, commands_from_response
+from mockfleet.mock.sinks.http import HttpSink, commands_from_response, warm_up
 
 NAMES = {"id": "dev-7", "index": 7, "lot": "thermo", "site": "north"}
 
@@ -403,3 +405,247 @@ def test_a_garbage_key_file_is_fatal(test_certs: TlsFiles, tmp_path: Path) -> No
     )
     with pytest.raises(FatalSinkError, match="keyFile"):
         sink.open(go_on)
+
+
+# --------------------------------------------------------------------------- raw responses
+
+
+class RawServer:
+    """A loopback server answering each request with the next scripted raw
+    bytes (then ``default``); a reply of None hangs up without answering.
+    Records each request's head and which connection (1, 2, ...) carried it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.replies: list[tuple[bytes | None, bool]] = []
+        self.default: tuple[bytes | None, bool] = (b"HTTP/1.1 204 No Content\r\n\r\n", False)
+        self.requests: list[tuple[int, bytes, bytes]] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def url(self, path: str = "/raw") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def script(self, *replies: bytes | None, close: bool = False) -> None:
+        with self._lock:
+            self.replies.extend((r, close) for r in replies)
+
+    def _accept(self) -> None:
+        number = 0
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            number += 1
+            with self._lock:
+                self._conns.append(conn)
+            t = threading.Thread(target=self._serve, args=(conn, number), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        data = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    try:
+                        more = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(data) < length:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                body, data = data[:length], data[length:]
+                with self._lock:
+                    self.requests.append((number, head, body))
+                    reply, close = self.replies.pop(0) if self.replies else self.default
+                if reply is None:
+                    return
+                try:
+                    conn.sendall(reply)
+                except OSError:
+                    return
+                if close:
+                    return
+
+    def close(self) -> None:
+        # shutdown wakes the thread blocked in accept(); close alone does not
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self._lock:
+            for c in self._conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+        self._accepter.join(5)
+        for t in self._threads:
+            t.join(5)
+
+
+@pytest.fixture
+def raw_server() -> Iterator[RawServer]:
+    server = RawServer()
+    yield server
+    server.close()
+
+
+def connections(server: RawServer) -> list[int]:
+    return [number for number, _, _ in server.requests]
+
+
+def test_chunked_response_with_a_command(raw_server: RawServer, opened: list[HttpSink]) -> None:
+    raw_server.script(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b'\r\n5;x=y\r\n{"com\r\n10\r\nmand": "reboot"}\r\n0\r\nX-T: 1\r\n\r\n'
+    )
+    sink = open_sink(opened, raw_server.url())
+    assert sink.send(b"{}", go_on).commands == ["reboot"]
+    assert sink.send(b"{}", go_on).ok
+    assert connections(raw_server) == [1, 1]  # the chunked body was read to its end
+
+
+def test_connection_close_and_http_1_0_responses_open_a_new_connection(
+    raw_server: RawServer, opened: list[HttpSink]
+) -> None:
+    raw_server.script(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    raw_server.script(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+    raw_server.script(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close", close=True)
+    sink = open_sink(opened, raw_server.url())
+    outs = [sink.send(b"x", go_on) for _ in range(5)]
+    assert all(o.ok and o.retries == 0 for o in outs)
+    assert outs[3].commands == ["until-close"]
+    # close, 1.0 without keep-alive, 1.0 with keep-alive (kept), close-delimited
+    assert connections(raw_server) == [1, 2, 3, 3, 4]
+    assert sink.connections_opened == 4
+
+
+def test_interim_100_continue_is_skipped(raw_server: RawServer, opened: list[HttpSink]) -> None:
+    raw_server.script(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nRetry-After: 0\r\n"
+        b"Content-Length: 0\r\n\r\n",
+    )
+    raw_server.default = (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False)
+    sink = open_sink(opened, raw_server.url(), retries={"max": 3, "backoff": 0.01})
+    out = sink.send(b"x", go_on)
+    assert out.ok and out.retries == 1
+
+
+def test_a_large_body_is_capped_and_the_connection_stays_usable(
+    raw_server: RawServer, opened: list[HttpSink]
+) -> None:
+    big = b'{"command": "go", "pad": "' + b"x" * 300_000 + b'"}'
+    raw_server.script(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(big), big)
+    )
+    sink = open_sink(opened, raw_server.url())
+    out = sink.send(b"x", go_on)
+    assert out.ok and out.commands == []  # only the first 64 KiB is kept: not JSON
+    assert sink.send(b"x", go_on).ok
+    assert connections(raw_server) == [1, 1]
+
+
+def test_a_body_beyond_the_drain_limit_closes_the_connection(
+    raw_server: RawServer, opened: list[HttpSink]
+) -> None:
+    raw_server.script(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 50000000\r\n\r\n"
+        + b"y" * 2_000_000
+    )
+    sink = open_sink(opened, raw_server.url())
+    out = sink.send(b"x", go_on)
+    assert out.ok and out.commands == ["y" * 64 * 1024]
+    assert sink.send(b"x", go_on).ok
+    assert connections(raw_server) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "ProtocolError: not an HTTP/1.x status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", "ProtocolError: connection closed"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1", "ProtocolError: connection closed"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Big: y\r\n" * 1000, "ProtocolError: response head longer"),
+        (None, "RemoteDisconnected"),
+    ],
+)
+def test_broken_responses_are_retried_then_reported(
+    raw_server: RawServer, opened: list[HttpSink], reply: bytes | None, problem: str
+) -> None:
+    raw_server.script(reply, close=True)
+    raw_server.default = (reply, True)
+    sink = open_sink(opened, raw_server.url(), retries={"max": 1, "backoff": 0.01})
+    out = sink.send(b"x", go_on)
+    assert not out.ok and out.retries == 1
+    assert out.error is not None and problem in out.error
+    assert len(raw_server.requests) == 2
+
+
+def test_a_request_is_sent_as_one_well_formed_message(
+    raw_server: RawServer, opened: list[HttpSink]
+) -> None:
+    sink = open_sink(opened, raw_server.url("/a b/{id}?q=1"), headers={"X-One": "1"})
+    assert sink.send(b'{"v": 1}', go_on).ok
+    ((_, head, body),) = raw_server.requests
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /a%20b/dev-7?q=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{raw_server.port}".encode() in lines
+    assert b"Content-Length: 8" in lines and b"X-One: 1" in lines
+    assert body == b'{"v": 1}'
+
+
+def test_a_header_that_cannot_be_sent_is_fatal_and_named() -> None:
+    sink = http_sink("http://127.0.0.1:9/x", headers={"X-Evil": "a\r\nHost: other"})
+    with pytest.raises(FatalSinkError, match=r"sink\.headers.*X-Evil"):
+        sink.open(go_on)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:70000/x", "out of range"),
+        ("http://[::1/x", "IPv6"),
+        ("http:///x", "host"),
+    ],
+)
+def test_a_bad_url_is_fatal_and_named(url: str, problem: str) -> None:
+    with pytest.raises(FatalSinkError, match=rf"sink\.url.*{problem}"):
+        http_sink(url)
+
+
+def test_the_backoff_is_the_same_for_the_same_device(
+    http_server: RecordingServer, opened: list[HttpSink]
+) -> None:
+    http_server.default = Reply(503)
+    delays = []
+    for _ in range(2):
+        sink = open_sink(opened, http_server.url(), retries={"max": 3, "backoff": 1})
+        wait = RecordingWait()
+        sink.send(b"{}", wait)
+        delays.append(wait.delays)
+    assert delays[0] == delays[1] and len(delays[0]) == 3
+
+
+def test_warm_up_runs_in_process_and_leaves_nothing_open() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    warm_up()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -1,38 +1,55 @@
-"""HTTP(S) sink on the standard library's http.client.
+"""HTTP(S) sink over a plain socket and the small client of ``http_wire``.
 
-No requests/urllib3: a device is one process and a machine runs thousands, so
-every imported megabyte counts. One keep-alive connection per device is kept
-and transparently re-opened when the server closed it while idle.
+No requests/urllib3, and not even http.client: a device is one process and a
+machine runs thousands forked from one preloaded parent, so both the imported
+and the touched (copy-on-write) megabytes count. One keep-alive connection
+per device is kept and transparently re-opened when the server closed it
+while idle. Responses are read into one small buffer owned by the sink.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import random
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from mockfleet.mock import lot
 from mockfleet.mock.seeding import derive
 from mockfleet.mock.sinks.backoff import backoff_delay
 from mockfleet.mock.sinks.base import FatalSinkError, SendOutcome, Sink, Wait
 from mockfleet.mock.sinks.credentials import read_secret, username
+from mockfleet.mock.sinks.http_wire import (
+    Head,
+    ProtocolError,
+    RemoteDisconnected,
+    body_decoder,
+    frame_request,
+    host_header,
+    keeps_alive,
+    parse_head,
+    request_head,
+    split_url,
+)
 from mockfleet.mock.sinks.render import render
 from mockfleet.mock.sinks.tls import ssl_context
 
 #: Errors that mean a reused keep-alive connection had been closed by the server
 #: while idle; the request is sent again at once on a fresh connection.
 _STALE = (
-    http.client.RemoteDisconnected,
+    RemoteDisconnected,
     BrokenPipeError,
     ConnectionResetError,
     ConnectionAbortedError,
     ssl.SSLEOFError,
 )
+#: receive buffer per sink; also the largest response head accepted
+BUFFER_SIZE = 8 * 1024
+#: a body longer than this is not read to its end: the connection is closed instead
+DRAIN_LIMIT = 1024 * 1024
 
 
 def commands_from_response(content_type: str, data: bytes, field: str) -> list[str]:
@@ -40,6 +57,10 @@ def commands_from_response(content_type: str, data: bytes, field: str) -> list[s
     JSON object, or a non-empty text/plain body (stripped)."""
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime == "application/json" or mime.endswith("+json"):
+        if _plain_utf8(data) and field.encode() not in data:
+            # Without escapes the key would appear as written: skip the parse
+            # (the common "{}" acknowledgement costs no JSON decoding).
+            return []
         try:
             doc = json.loads(data)
         except ValueError:
@@ -50,6 +71,11 @@ def commands_from_response(content_type: str, data: bytes, field: str) -> list[s
         text = data.decode("utf-8", "replace").strip()
         return [text] if text else []
     return []
+
+
+def _plain_utf8(data: bytes) -> bool:
+    """No JSON escapes, and not UTF-16/32 (which json.loads also accepts)."""
+    return b"\\" not in data and b"\0" not in data[:4] and data[:1] not in (b"\xfe", b"\xff")
 
 
 def auth_header(auth: lot.HttpAuth | None) -> tuple[str, str] | None:
@@ -79,26 +105,26 @@ class HttpSink(Sink):
     ) -> None:
         self.spec = spec
         self.url = render(spec.url, names, "url")
-        parts = urlsplit(self.url)
         try:
-            port = parts.port
+            url = split_url(self.url)
         except ValueError as exc:
             raise FatalSinkError(f"sink.url: {self.url!r}: {exc}") from None
-        if not parts.hostname:
-            raise FatalSinkError(f"sink.url: {self.url!r} has no host")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = port or (443 if self._https else 80)
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._https = url.https
+        self._host = url.host
+        self._port = url.port
+        self._target = url.target
         #: The URL without its query string (which may carry a key) for messages.
-        self.where = f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
-        if rng is None:
-            # Seeded from the device id: the same device backs off the same way.
-            rng = random.Random(derive("http-backoff", names.get("id")))
+        self.where = url.where
+        # The backoff Random is made on the first retry: most devices never need one.
         self._rng = rng
-        self._headers: dict[str, str] = {}
+        self._rng_seed = names.get("id")
+        #: request line and headers, built by open(); each send adds its body
+        self._head = b""
         self._context: ssl.SSLContext | None = None
-        self._conn: http.client.HTTPConnection | None = None
+        self._sock: socket.socket | None = None
+        # One receive buffer for the sink's life: no per-response buffer objects.
+        self._buf = bytearray(BUFFER_SIZE)
+        self._view = memoryview(self._buf)
         #: requests answered on the current connection (0: fresh or none)
         self._answered = 0
         #: connections opened so far (for tests and metrics)
@@ -117,7 +143,15 @@ class HttpSink(Sink):
             headers[auth[0]] = auth[1]
         if not self.spec.keepAlive:
             headers["Connection"] = "close"
-        self._headers = headers
+        try:
+            self._head = request_head(
+                self.spec.method,
+                self._target,
+                host_header(self._host, self._port, self._https),
+                headers,
+            )
+        except ValueError as exc:
+            raise FatalSinkError(f"sink.headers: {exc}") from None
         if self._https:
             self._context = ssl_context(self.spec.tls, ssl.Purpose.SERVER_AUTH)
 
@@ -132,33 +166,34 @@ class HttpSink(Sink):
         while True:
             retry_after: float | None = None
             try:
-                status, reason, headers, data = self._exchange(body)
+                head, data = self._exchange(body)
             except ssl.SSLError as exc:
                 # Certificate or handshake problems: trying again will not help.
                 self._drop()
                 return SendOutcome(ok=False, retries=attempt, error=f"{self.where}: TLS: {exc}")
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ProtocolError) as exc:
                 self._drop()
                 error = f"{self.where}: {type(exc).__name__}: {exc}".rstrip(": ")
                 retryable = True
             else:
+                status = head.status
                 if 200 <= status < 300:
                     commands = commands_from_response(
-                        headers.get("Content-Type", ""), data, self.spec.commandField
+                        head.headers.get("content-type", ""), data, self.spec.commandField
                     )
                     return SendOutcome(ok=True, retries=attempt, commands=commands)
                 if status in (401, 403):
                     self._drop()
                     raise FatalSinkError(
-                        f"{self.where}: HTTP {status} {reason}: the server rejected the "
+                        f"{self.where}: HTTP {status} {head.reason}: the server rejected the "
                         "credentials; check sink.auth and the secret it names"
                     )
-                error = f"{self.where}: HTTP {status} {reason}"
+                error = f"{self.where}: HTTP {status} {head.reason}".rstrip()
                 retryable = status >= 500 or status == 429
-                retry_after = _retry_after(headers.get("Retry-After"))
+                retry_after = _retry_after(head.headers.get("retry-after"))
             if not retryable or attempt >= retries.max:
                 return SendOutcome(ok=False, retries=attempt, error=error)
-            delay = backoff_delay(attempt, retries.backoff, retries.maxBackoff, self._rng)
+            delay = backoff_delay(attempt, retries.backoff, retries.maxBackoff, self._backoff_rng())
             if retry_after is not None:
                 delay = max(delay, min(retry_after, retries.maxBackoff))
             if not wait(delay):
@@ -167,51 +202,122 @@ class HttpSink(Sink):
                 )
             attempt += 1
 
-    def _exchange(self, body: bytes) -> tuple[int, str, http.client.HTTPMessage, bytes]:
+    def _backoff_rng(self) -> random.Random:
+        if self._rng is None:
+            # Seeded from the device id: the same device backs off the same way.
+            self._rng = random.Random(derive("http-backoff", self._rng_seed))
+        return self._rng
+
+    def _exchange(self, body: bytes) -> tuple[Head, bytes]:
         """One request/response; a stale keep-alive connection is replaced once."""
-        conn = self._connection()
+        sock = self._connection()
         reused = self._answered > 0
         try:
-            return self._request(conn, body)
+            return self._request(sock, body)
         except _STALE:
             if not reused:
                 raise
             self._drop()
             return self._request(self._connection(), body)
 
-    def _request(
-        self, conn: http.client.HTTPConnection, body: bytes
-    ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
-        conn.request(self.spec.method, self._target, body=body, headers=self._headers)
-        resp = conn.getresponse()
-        # Read it all: the connection is reusable only once the body is consumed.
-        data = resp.read()
-        if not self.spec.keepAlive or conn.sock is None:
+    def _request(self, sock: socket.socket, body: bytes) -> tuple[Head, bytes]:
+        sock.sendall(frame_request(self._head, body))
+        head, data, reusable = self._response(sock)
+        if reusable and self.spec.keepAlive:
+            self._answered += 1
+        else:
             # The server (or we) asked to close: start afresh next time.
             self._drop()
-        else:
-            self._answered += 1
-        return resp.status, resp.reason, resp.headers, data
+        return head, data
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            if self._https:
-                self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self.spec.timeout, context=self._context
-                )
-            else:
-                self._conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=self.spec.timeout
-                )
+    def _response(self, sock: socket.socket) -> tuple[Head, bytes, bool]:
+        """Read one final response: its head, its body (at most BODY_CAP bytes
+        kept) and whether the connection can carry another request."""
+        buf, view = self._buf, self._view
+        filled = 0
+        while True:
+            head = parse_head(buf, filled) if filled else None
+            if head is not None:
+                if 100 <= head.status < 200:
+                    # An interim response (100 Continue): the final one follows.
+                    rest = filled - head.size
+                    buf[:rest] = buf[head.size : filled]
+                    filled = rest
+                    continue
+                break
+            if filled == len(buf):
+                raise ProtocolError(f"response head longer than {len(buf)} bytes")
+            n = sock.recv_into(view[filled:])
+            if not n:
+                if filled:
+                    raise ProtocolError("connection closed in the middle of the response head")
+                raise RemoteDisconnected("the server closed the connection without a response")
+            filled += n
+        decoder = body_decoder(head)
+        pos = decoder.feed(buf, head.size, filled) if filled > head.size else head.size
+        while not decoder.done:
+            if decoder.total > DRAIN_LIMIT:
+                # Not worth reading to its end: what we keep is enough.
+                return head, bytes(decoder.body), False
+            n = sock.recv_into(view)
+            if not n:
+                decoder.eof()
+                break
+            pos, filled = decoder.feed(buf, 0, n), n
+        # Bytes after the response were never asked for: do not trust the connection.
+        return head, bytes(decoder.body), pos == filled and keeps_alive(head, decoder)
+
+    def _connection(self) -> socket.socket:
+        if self._sock is None:
             self._answered = 0
             self.connections_opened += 1
-        return self._conn
+            sock = _connect(self._host, self._port, self.spec.timeout)
+            if self._https:
+                if self._context is None:
+                    self._context = ssl_context(self.spec.tls, ssl.Purpose.SERVER_AUTH)
+                try:
+                    sock = self._context.wrap_socket(sock, server_hostname=self._host)
+                except BaseException:
+                    sock.close()
+                    raise
+            self._sock = sock
+        return self._sock
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         self._answered = 0
+
+
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection with ``timeout`` on every operation. An IP literal is
+    connected to directly: no name resolution (and no resolver libraries
+    loaded into the device)."""
+    family = _literal_family(host)
+    if family is None:
+        sock = socket.create_connection((host, port), timeout)
+    else:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+    # The request goes out in one write; do not let Nagle hold back its tail.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _literal_family(host: str) -> int | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -223,3 +329,44 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
+
+
+def warm_up(rounds: int = 16) -> None:
+    """Run a sink's connect, request and response code here, over loopback
+    sockets, so that a preloading parent compiles and specialises it once:
+    devices forked afterwards then share that code instead of each writing
+    to (and so copying) the pages it lives on when they first run it."""
+    wait: Wait = _never_stop
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(rounds + 1)
+        host, port = listener.getsockname()
+        spec = lot.HttpSink(type="http", url=f"http://{host}:{port}/warm-up?x=1")
+        sink = HttpSink(spec, {"id": "warm-up"})
+        sink.open(wait)
+        for _ in range(rounds):
+            sink._drop()
+            sink._connection()  # the kernel completes it: nothing needs to accept
+        sink._drop()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            ours.settimeout(5)
+            sink._sock = ours
+            replies = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 19\r\n\r\n{"command": "warm"}',
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            )
+            for i in range(rounds):
+                theirs.sendall(replies[i % len(replies)])
+                sink._answered = 1
+                sink._sock = ours
+                sink.send(b'{"warm": "up"}', wait)
+                theirs.recv(65536)
+        sink._sock = None
+        sink.close(0)
+
+
+def _never_stop(seconds: float) -> bool:
+    return True
