@@ -47,14 +47,38 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
 
 
 def preload(lot_paths: tuple[str, ...] = ()) -> None:
-    """Import the runtime and the sinks the lots use, load the lots and build
-    their TLS contexts, before forking."""
+    """Import the runtime, load the given lots and prepare their sinks, before
+    forking."""
     import mockfleet.mock.runtime  # noqa: F401
+
+    warm_up()
+    for p in lot_paths:
+        prepare_lot(p)
+
+
+_PREPARED: set[str] = set()
+
+
+def prepare_lot(path: str | os.PathLike[str]) -> tuple[LoadedLot, bool]:
+    """A lot ready for forking devices: loaded, its sink module imported, its
+    TLS context built and its send path run once. Returns (lot, fresh): when
+    fresh, the caller (a zygote) should ``gc.freeze()`` again so the new
+    objects stay out of the children's collections."""
     from mockfleet.mock.sinks.factory import preload_sink
 
-    for p in lot_paths:
-        preload_sink(loaded_lot(p).lot.spec.sink)
-    warm_up()
+    lot = loaded_lot(path)
+    key = f"{lot.path}:{lot.lot.spec.sink.type}"
+    if key in _PREPARED:
+        return lot, False
+    _PREPARED.add(key)
+    preload_sink(lot.lot.spec.sink)
+    if lot.lot.spec.sink.type == "http":
+        # runs connect/request/response against a loopback listener, so the
+        # code pages it specialises are shared instead of copied per device
+        from mockfleet.mock.sinks.http import warm_up as warm_http
+
+        warm_http()
+    return lot, True
 
 
 def warm_up() -> None:
@@ -63,5 +87,4 @@ def warm_up() -> None:
     # socket.getaddrinfo encodes every host name with the idna codec, which
     # imports encodings.idna, stringprep and unicodedata on first use
     "localhost".encode("idna")
-    import http.client  # noqa: F401
     import selectors  # noqa: F401

@@ -126,14 +126,17 @@ class Zygote:
 
     def start_batch(self, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int | None]]:
         from mockfleet.mock.lot import LotError
-        from mockfleet.mock.preload import loaded_lot
+        from mockfleet.mock.preload import prepare_lot
 
         out: list[tuple[dict[str, Any], int | None]] = []
         todo: list[tuple[dict[str, Any], Any]] = []
+        refreeze = False
         for req in batch:
             mid = req["id"]
             try:
-                todo.append((req, loaded_lot(req["lot"])))
+                lot, fresh = prepare_lot(req["lot"])
+                refreeze |= fresh
+                todo.append((req, lot))
             except LotError as exc:
                 why = "invalid lot: " + "; ".join(exc.problems)
                 out.append(({"id": mid, "ok": False, "permanent": True, "error": why}, None))
@@ -145,6 +148,9 @@ class Zygote:
                 out.append(({"id": mid, "ok": False, "permanent": True, "error": why}, None))
         if not todo:
             return out
+        if refreeze:  # a lot seen for the first time: share its objects, untouched by gc
+            gc.collect()
+            gc.freeze()
         gates = [os.pipe() for _ in todo]
         report_r, report_w = os.pipe()
         mid_pid = os.fork()
