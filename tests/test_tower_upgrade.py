@@ -72,7 +72,7 @@ def test_upgrade_re_execs_in_place_and_keeps_every_mock(base: Path) -> None:
         write_stop(root, mock_id)
     wait_for(lambda: len(exits(tower.events())) == 3, 30)
     for e in exits(tower.events()):
-        assert (e["reason"], e["exit_code"]) == ("stopped", 0)
+        assert e["reason"] == "stopped" and (e.get("exit_code") == 0 or e.get("signal") == 15)
     assert tower.stop() == 0
     assert len(exits(tower.events())) == 11
 
