@@ -58,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import xmlrpc.client
@@ -117,9 +118,22 @@ def http_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
-def cpu_seconds(proc: psutil.Process) -> float:
+def cpu_seconds(proc: psutil.Process, children: bool = False) -> float:
+    """User + system CPU seconds; with ``children``, also its reaped children's."""
     t = proc.cpu_times()
-    return float(t.user + t.system)
+    total = t.user + t.system
+    if children:
+        total += t.children_user + t.children_system
+    return float(total)
+
+
+def cpu_of(pids: Iterable[int]) -> float:
+    """Summed CPU seconds of live processes (gone ones count as 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += cpu_seconds(psutil.Process(pid))
+    return total
 
 
 def pss_of(pids: Iterable[int]) -> tuple[float, int]:
@@ -267,6 +281,9 @@ class Result:
     ready_s: float | None = None
     ready_devices: int = 0
     msgs_per_mock_s: float | None = None
+    cpu_per_start_ms: float | None = None  # the supervisor side (tower: + zygote)
+    mock_boot_cpu_ms: float | None = None  # a mock's own CPU until all were sending
+    mocks_cpu: float | None = None  # all mocks together while sending, % of a core
     pss_per_mock: float | None = None  # MiB
     supervisor_pss: float | None = None  # MiB
     helper_pss: float | None = None  # MiB (the tower's zygote)
@@ -285,12 +302,16 @@ class Result:
         return self.running / self.start_s
 
 
-def measure_ready(rx: Receiver, n: int, t0: float, timeout: float, res: Result) -> None:
-    """Wait until the receiver has seen every mock (wall time since ``t0``)."""
+def measure_ready(
+    rx: Receiver, n: int, t0: float, timeout: float, res: Result, mock_pids: list[int]
+) -> None:
+    """Wait until the receiver has seen every mock (wall time since ``t0``), then
+    note the CPU the mocks have used so far (start-up plus their first sends)."""
     seen = wait_for(lambda: rx.stats()["devices"] >= n, timeout, 0.25)
     res.ready_devices = int(rx.stats()["devices"])
     if seen:
         res.ready_s = time.time() - t0
+    res.mock_boot_cpu_ms = cpu_of(mock_pids) / max(len(mock_pids), 1) * 1000
 
 
 def measure_steady(
@@ -304,12 +325,14 @@ def measure_steady(
     """Sending rate, idle CPU (over ``seconds``) and PSS with all mocks running."""
     res.loads["idle"] = load1()
     before = rx.stats()["received"]
+    mocks0 = cpu_of(mock_pids)
     cpu0 = cpu_seconds(supervisor)
     hcpu0 = cpu_seconds(helper) if helper else 0.0
     t0 = time.monotonic()
     time.sleep(seconds)  # the measurement window itself
     elapsed = time.monotonic() - t0
     res.idle_cpu = (cpu_seconds(supervisor) - cpu0) / elapsed * 100
+    res.mocks_cpu = (cpu_of(mock_pids) - mocks0) / elapsed * 100
     if helper:
         res.helper_idle_cpu = (cpu_seconds(helper) - hcpu0) / elapsed * 100
     res.msgs_per_mock_s = (rx.stats()["received"] - before) / elapsed / max(len(mock_pids), 1)
@@ -461,8 +484,11 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
         res.note = f"tower did not become ready (see {base / 'tower.log'})"
         return res
     pairs = stage_starts(tower.root, lot, n)
+    supervisor = psutil.Process(tower.proc.pid)
+    helper = psutil.Process(zygote_pid)
 
     # --- start
+    cpu0 = cpu_seconds(supervisor) + cpu_seconds(helper, children=True)
     res.loads["start"] = load1()
     t0 = time.time()
     for tmp, final in pairs:
@@ -481,15 +507,15 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
         started = [e for e in tower.events() if e["event"] == "started"]
         res.note = f"only {len(started)} started within {args.start_timeout:.0f}s"
     res.running = len(started)
+    cpu1 = cpu_seconds(supervisor) + cpu_seconds(helper, children=True)
+    res.cpu_per_start_ms = (cpu1 - cpu0) / max(res.running, 1) * 1000
     if started:
         res.start_s = max(float(e["ts"]) for e in started) - t0
     pids = tower.pids()
     procs.note_mocks(pids.values())
-    measure_ready(rx, n, t0, args.ready_timeout, res)
+    measure_ready(rx, n, t0, args.ready_timeout, res, list(pids.values()))
 
     # --- steady state
-    supervisor = psutil.Process(tower.proc.pid)
-    helper = psutil.Process(zygote_pid)
     time.sleep(args.settle)  # let them send for a while before measuring memory
     measure_steady(rx, res, list(pids.values()), supervisor, helper, args.idle_seconds)
 
@@ -693,42 +719,64 @@ def run_supervisord(args: argparse.Namespace, procs: Processes, workdir: Path) -
         res.note = "supervisord did not come up (see sd.out)"
         return res
     log_path = base / "supervisord.log"
-    lot_n = n
 
     # --- start
+    # startAllProcesses forks every process inside the one RPC call (supervisord
+    # is single-threaded and answers nothing else meanwhile), so it runs in a
+    # thread and progress is read from the log.
+    supervisor = psutil.Process(sv.pid)
+    cpu0 = cpu_seconds(supervisor)
     res.loads["start"] = load1()
     t0 = time.time()
-    rpc.supervisor.startAllProcesses(False)
-    res.extra["rpc_returned_s"] = time.time() - t0
+    returned: list[float] = []
+
+    def start_all() -> None:
+        starter: Any = xmlrpc.client.ServerProxy(
+            f"http://127.0.0.1:{port}/RPC2", transport=_TimeoutTransport(args.start_timeout)
+        )
+        with contextlib.suppress(OSError, xmlrpc.client.Error, http.client.HTTPException):
+            starter.supervisor.startAllProcesses(False)
+            returned.append(time.time() - t0)
+
+    thread = threading.Thread(target=start_all, daemon=True)
+    thread.start()
     low_memory = False
+
+    def running_stamps() -> list[float]:
+        return [_log_time(m[1], m[2]) for m in _RUNNING_RE.finditer(log_path.read_text())]
 
     def all_running() -> bool:
         nonlocal low_memory
         if mem_available() < 2 * 1024 * MIB:  # a watchdog for the shared machine
             low_memory = True
             return True
-        infos: list[dict[str, Any]] = _quiet(lambda: rpc.supervisor.getAllProcessInfo()) or []
-        return sum(i["statename"] == "RUNNING" for i in infos) >= lot_n
+        return len(running_stamps()) >= n
 
     wait_for(all_running, args.start_timeout, 0.25)
+    stamps = running_stamps()
+    res.cpu_per_start_ms = (cpu_seconds(supervisor) - cpu0) / max(len(stamps), 1) * 1000
+    if returned:
+        res.extra["rpc_returned_s"] = returned[0]
+    if low_memory or len(stamps) < n:
+        res.note += (
+            "; stopped early: under 2 GiB of memory left"
+            if low_memory
+            else f"; only {len(stamps)} RUNNING within {args.start_timeout:.0f}s"
+        )
+        res.running = len(stamps)
+        if stamps:
+            res.start_s = max(stamps) - t0
+        procs.stop(sv, 60)
+        return res
+    thread.join(30)
     infos = rpc.supervisor.getAllProcessInfo()
     pids = [int(i["pid"]) for i in infos if i["statename"] == "RUNNING"]
     procs.note_mocks(pids)
-    if low_memory:
-        res.note += "; stopped early: under 2 GiB of memory left"
-        rpc.supervisor.stopAllProcesses(False)
-        procs.stop(sv, 60)
-        return res
-    stamps = [_log_time(m[1], m[2]) for m in _RUNNING_RE.finditer(log_path.read_text())]
     res.running = len(pids)
-    if stamps:
-        res.start_s = max(stamps) - t0
-    if res.running < n:
-        res.note += f"; only {res.running} RUNNING within {args.start_timeout:.0f}s"
-    measure_ready(rx, n, t0, args.ready_timeout, res)
+    res.start_s = max(stamps) - t0
+    measure_ready(rx, n, t0, args.ready_timeout, res, pids)
 
     # --- steady state
-    supervisor = psutil.Process(sv.pid)
     time.sleep(args.settle)  # let them send for a while before measuring memory
     measure_steady(rx, res, pids, supervisor, None, args.idle_seconds)
 
@@ -783,8 +831,11 @@ TABLE: list[tuple[str, Callable[[Result], str]]] = [
     ("mocks running", lambda r: f"{r.running}/{r.requested}"),
     ("time to start all (s)", lambda r: _f(r.start_s, "{:.2f}")),
     ("starts/s", lambda r: _f(r.starts_per_s, "{:.0f}")),
+    ("supervisor CPU per start (ms)", lambda r: _f(r.cpu_per_start_ms, "{:.2f}")),
     ("time until all sending (s)", lambda r: _f(r.ready_s, "{:.1f}")),
+    ("mock CPU until all sending (ms)", lambda r: _f(r.mock_boot_cpu_ms, "{:.0f}")),
     ("msgs per mock per s", lambda r: _f(r.msgs_per_mock_s, "{:.2f}")),
+    ("all mocks' CPU sending (% core)", lambda r: _f(r.mocks_cpu, "{:.0f}")),
     ("PSS per mock (MiB)", lambda r: _f(r.pss_per_mock, "{:.2f}")),
     ("supervisor PSS (MiB)", lambda r: _f(r.supervisor_pss)),
     ("  zygote PSS (MiB)", lambda r: _f(r.helper_pss)),
@@ -812,9 +863,10 @@ def notes(r: Result) -> list[str]:
             f"(two fsyncs); the start clock covers renaming pre-written triggers "
             f"({r.extra['rename_s'] * 1000:.0f} ms for all) and the tower's work"
         )
-    if "rpc_returned_s" in r.extra:
+    if "probe_uss_mib" in r.extra:
+        rpc = r.extra.get("rpc_returned_s")
         out.append(
-            f"note ({who}): startAllProcesses returned after {r.extra['rpc_returned_s']:.2f}s; "
+            f"note ({who}): startAllProcesses returned after {_f(rpc, '{:.2f}')}s; "
             f"a standalone mock is ~{r.extra['probe_uss_mib']:.0f} MiB USS; RUNNING means "
             "forked and exec'd (startsecs=0), not yet imported"
         )
@@ -1018,10 +1070,13 @@ def main(argv: list[str] | None = None) -> int:
                 phases.insert(0 if args.order == "supervisord-first" else 1, "supervisord")
             for phase in phases:
                 print(f"[{time.strftime('%H:%M:%S')}] {phase} ...", flush=True)
-                if phase == "tower":
-                    tower_res = run_tower(args, procs, workdir, args.mocks)
-                else:
-                    sd_res = run_supervisord(args, procs, workdir)
+                try:
+                    if phase == "tower":
+                        tower_res = run_tower(args, procs, workdir, args.mocks)
+                    else:
+                        sd_res = run_supervisord(args, procs, workdir)
+                except Exception as exc:  # report the other phase's figures anyway
+                    print(f"{phase} phase failed: {exc!r}", flush=True)
         finally:
             leftovers = procs.cleanup()
             if leftovers:
