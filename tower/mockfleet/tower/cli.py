@@ -147,11 +147,25 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
         help="Device entry point (advanced/testing; default: the mockfleet device).",
     )
     p.add_argument("--events-stderr", action="store_true", help="Also print every event on stderr.")
+    p.add_argument(
+        "--plan",
+        metavar="DIR",
+        help="Kubernetes: a mounted plan ConfigMap (lot.yaml, plan.json) to turn into triggers "
+        "for this node's share.",
+    )
+    p.add_argument(
+        "--node",
+        metavar="NAME",
+        default=os.environ.get("NODE_NAME"),
+        help="This node's name in the plan (default: $NODE_NAME).",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from mockfleet.tower.supervisor import DEFAULT_DEVICE, TowerConfig
 
+    if args.plan and not args.node:
+        raise SystemExit("mockfleet tower: --plan needs --node NAME (or $NODE_NAME)")
     overrides = {
         key: getattr(args, flag)
         for flag, key in _RESTART_FLAGS.items()
@@ -178,6 +192,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_mocks=args.max_mocks,
         restart_overrides=overrides,
         events_stderr=args.events_stderr,
+        plan=os.path.abspath(args.plan) if args.plan else None,
+        node=args.node,
     )
 
 

@@ -189,7 +189,7 @@ class LocalRun:
             "finished": exits.get("finished", 0) + exits.get("stopped", 0),
             "failed": exits.get("crashed", 0) + exits.get("lost", 0) + exits.get("force-killed", 0),
             "sent": totals.get("sent", 0),
-            "errors": totals.get("failed", 0),
+            "errors": totals.get("send_errors", 0),
         }
         states = totals.get("states") or {}
         if rec is not None:

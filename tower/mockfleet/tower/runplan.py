@@ -78,7 +78,7 @@ def build_report(
         "elapsed_s": round(elapsed, 3),
         "interrupted": interrupted,
         "sent": sent,
-        "send_errors": int(totals.get("failed", 0)),
+        "send_errors": int(totals.get("send_errors", 0)),
         "bytes_sent": int(totals.get("bytes", 0)),
         "device_exits": dict(sorted(device_exits.items())),
         "device_states": totals.get("states", {}),

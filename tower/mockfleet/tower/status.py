@@ -44,7 +44,7 @@ class TowerCollector(Collector):
         for lot, t in st["lots"].items():
             lot_mocks.add_metric([lot], t["mocks"])
             sent.add_metric([lot], t["sent"])
-            failed.add_metric([lot], t["failed"])
+            failed.add_metric([lot], t["send_errors"])
             sent_bytes.add_metric([lot], t["bytes"])
         yield from (lot_mocks, sent, failed, sent_bytes)
         info = GaugeMetricFamily("mockfleet_tower_info", "Tower version.", labels=["version"])

@@ -81,6 +81,9 @@ class TowerConfig:
     max_inflight: int = 64
     restart_overrides: dict[str, Any] = field(default_factory=dict)
     events_stderr: bool = False
+    #: Kubernetes: a mounted plan ConfigMap turned into triggers for ``node``
+    plan: str | None = None
+    node: str | None = None
 
     def to_argv(self) -> list[str]:
         """Command-line arguments that recreate this configuration (re-exec)."""
@@ -109,6 +112,10 @@ class TowerConfig:
             argv += [flags[key], str(value)]
         if self.events_stderr:
             argv.append("--events-stderr")
+        if self.plan:
+            argv += ["--plan", self.plan]
+        if self.node:
+            argv += ["--node", self.node]
         return argv
 
 
@@ -158,6 +165,8 @@ class Tower:
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self.lot_totals: dict[str, dict[str, int]] = {}
+        #: lot -> exit reason -> count, for the lot's status
+        self.lot_exits: dict[str, dict[str, int]] = {}
         self.exit_counts: dict[str, int] = {}
         self.shutting_down = False
         self.shutdown_deadline = 0.0
@@ -170,6 +179,7 @@ class Tower:
         self.bucket = policy.TokenBucket(cfg.max_start_rate, now=time.monotonic())
         self.pacing_timer = False
         self.http: Any = None
+        self.planwatch: Any = None
         self.zygote_failures = 0
         self.zygote_was_ready = False
         self.zygote_respawning = False
@@ -225,6 +235,17 @@ class Tower:
 
             pages = StatusPages(self)
             self.http = HttpServer(self.cfg.http[0], self.cfg.http[1], pages.handle, self.sel)
+        if self.cfg.plan is not None:
+            # same code path as a VM: the plan only writes start/stop/upgrade triggers
+            from mockfleet.tower.planwatch import PlanWatcher
+
+            node = self.cfg.node or os.environ.get("NODE_NAME", "")
+            self.planwatch = PlanWatcher(
+                self.cfg.plan, self.root, node, tower_version=lambda: self.version
+            )
+            self.sel.register(
+                self.planwatch.fileno(), selectors.EVENT_READ, self.planwatch.on_readable
+            )
         previous = os.environ.pop("MOCKFLEET_TOWER_PREVIOUS", None)
         self.events.emit(
             "tower-started",
@@ -246,6 +267,8 @@ class Tower:
     def run(self) -> int:
         self.setup()
         self.rescan(startup=True)
+        if self.planwatch is not None:
+            self.planwatch.sync()
         while True:
             timeout = self._next_timeout()
             for key, _mask in self.sel.select(timeout):
@@ -270,6 +293,8 @@ class Tower:
             self.need_rescan = False
             self.rescan(startup=False)
         self._run_timers()
+        if self.planwatch is not None and not self.shutting_down:
+            self.planwatch.poll()
         self.dispatch_starts()
         self.commit_starts()
         self.reap()
@@ -286,9 +311,13 @@ class Tower:
             and not self.shutting_down
         ):
             return 0.0
+        timeout = None
         if self.timers:
-            return max(0.0, self.timers[0][0] - time.monotonic())
-        return None
+            timeout = max(0.0, self.timers[0][0] - time.monotonic())
+        if self.planwatch is not None and not self.shutting_down:
+            resync = self.planwatch.seconds_until_resync()
+            timeout = resync if timeout is None else min(timeout, resync)
+        return timeout
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.add(signum)
@@ -711,6 +740,8 @@ class Tower:
         if m.stop_requested:
             self._unlink(os.path.join(self.dirs["stop"], m.id))
         self._account_counters(m)
+        exits = self.lot_exits.setdefault(m.lot_name or "?", {})
+        exits[reason] = exits.get(reason, 0) + 1
         self._free_slot(m.slot)
         ran_for = time.monotonic() - m.started_mono if m.started_mono else 0.0
         decision: policy.RestartDecision | None = None
@@ -957,6 +988,8 @@ class Tower:
         return self.no_children
 
     def _final_cleanup(self) -> None:
+        if self.planwatch is not None:
+            self.planwatch.close()
         self.events.emit("tower-stopped", pid=self.me, exits=self.exit_counts)
         self.events.close()
         if self.http is not None:
@@ -967,27 +1000,61 @@ class Tower:
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
+        """The /status document. Per lot: mocks by supervision state, devices by
+        their own (lot-defined) state, message counters (running + ended mocks),
+        exits by reason, and the operator's roll-up (running/succeeded/failed)."""
         states: dict[str, int] = {"starting": 0, "running": 0, "stopping": 0}
-        lots: dict[str, dict[str, int]] = {}
+        lots: dict[str, dict[str, Any]] = {}
+
+        def lot_entry(name: str) -> dict[str, Any]:
+            entry = lots.get(name)
+            if entry is None:
+                entry = lots[name] = {
+                    "mocks": 0,
+                    "starting": 0,
+                    "running": 0,
+                    "stopping": 0,
+                    "sent": 0,
+                    "send_errors": 0,
+                    "retried": 0,
+                    "bytes": 0,
+                    "dropped": 0,
+                    "states": {},
+                    "exits": {},
+                }
+            return entry
+
+        counted = ("sent", "retried", "bytes", "dropped")
         for m in self.mocks.values():
             states[m.state] = states.get(m.state, 0) + 1
-            lot = lots.setdefault(
-                m.lot_name or "?", {"mocks": 0, "sent": 0, "failed": 0, "bytes": 0}
-            )
+            lot = lot_entry(m.lot_name or "?")
             lot["mocks"] += 1
+            lot[m.state] = lot.get(m.state, 0) + 1
             if m.state != "starting":
                 try:
                     c = self.counters.read(m.slot)
                 except RuntimeError:
                     continue
                 if c.pid == m.pid:
-                    lot["sent"] += c.sent
-                    lot["failed"] += c.failed
-                    lot["bytes"] += c.bytes
+                    for key in counted:
+                        lot[key] += getattr(c, key)
+                    lot["send_errors"] += c.failed
+                    if c.state:
+                        lot["states"][c.state] = lot["states"].get(c.state, 0) + 1
         for name, totals in self.lot_totals.items():
-            lot = lots.setdefault(name, {"mocks": 0, "sent": 0, "failed": 0, "bytes": 0})
-            for key in ("sent", "failed", "bytes"):
+            lot = lot_entry(name)
+            for key in counted:
                 lot[key] += totals.get(key, 0)
+            lot["send_errors"] += totals.get("failed", 0)
+        for name, exits in self.lot_exits.items():
+            lot = lot_entry(name)
+            lot["exits"] = dict(exits)
+        for lot in lots.values():
+            ex = lot["exits"]
+            lot["succeeded"] = ex.get(policy.FINISHED, 0)
+            lot["failed"] = sum(
+                ex.get(r, 0) for r in (policy.CRASHED, policy.LOST, policy.FORCE_KILLED)
+            )
         return {
             "version": self.version,
             "pid": self.me,
