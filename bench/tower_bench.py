@@ -136,15 +136,17 @@ def cpu_of(pids: Iterable[int]) -> float:
     return total
 
 
-def pss_of(pids: Iterable[int]) -> tuple[float, int]:
-    """(sum of PSS in bytes, how many processes were measured)."""
-    total = 0.0
+def pss_of(pids: Iterable[int]) -> tuple[float, int, float]:
+    """(sum of PSS in bytes, how many processes were measured, sum of USS)."""
+    total = uss = 0.0
     n = 0
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            total += psutil.Process(pid).memory_full_info().pss
+            info = psutil.Process(pid).memory_full_info()
+            total += info.pss
+            uss += info.uss
             n += 1
-    return total, n
+    return total, n, uss
 
 
 # --------------------------------------------------------------------------- processes
@@ -285,6 +287,7 @@ class Result:
     mock_boot_cpu_ms: float | None = None  # a mock's own CPU until all were sending
     mocks_cpu: float | None = None  # all mocks together while sending, % of a core
     pss_per_mock: float | None = None  # MiB
+    uss_per_mock: float | None = None  # MiB: private, nothing shared
     supervisor_pss: float | None = None  # MiB
     helper_pss: float | None = None  # MiB (the tower's zygote)
     idle_cpu: float | None = None  # % of one core
@@ -337,11 +340,21 @@ def measure_steady(
         res.helper_idle_cpu = (cpu_seconds(helper) - hcpu0) / elapsed * 100
     res.msgs_per_mock_s = (rx.stats()["received"] - before) / elapsed / max(len(mock_pids), 1)
     res.loads["pss"] = load1()
-    total, measured = pss_of(mock_pids)
+    total, measured, uss = pss_of(mock_pids)
     res.pss_per_mock = total / max(measured, 1) / MIB
+    res.uss_per_mock = uss / max(measured, 1) / MIB
     res.supervisor_pss = pss_of([supervisor.pid])[0] / MIB
     if helper:
         res.helper_pss = pss_of([helper.pid])[0] / MIB
+
+
+def renice(pid: int, nice: int | None, res: Result) -> None:
+    """Give the supervisor process alone (not its mocks) another nice value:
+    shows how much of the exit latency is waiting for a CPU."""
+    if nice is None:
+        return
+    os.setpriority(os.PRIO_PROCESS, pid, nice)
+    res.note += f"; supervisor reniced to {nice} before the kills"
 
 
 def kill_mocks(pids: list[int], spacing: float) -> dict[int, float]:
@@ -520,6 +533,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     measure_steady(rx, res, list(pids.values()), supervisor, helper, args.idle_seconds)
 
     # --- exit detection
+    renice(supervisor.pid, args.renice_supervisor, res)
     res.loads["kill"] = load1()
     victims = random.Random(1).sample(sorted(pids.values()), min(args.kills, n // 2))
     killed = kill_mocks(victims, args.kill_spacing)
@@ -769,6 +783,8 @@ def run_supervisord(args: argparse.Namespace, procs: Processes, workdir: Path) -
         procs.stop(sv, 60)
         return res
     thread.join(30)
+    if returned:
+        res.extra["rpc_returned_s"] = returned[0]
     infos = rpc.supervisor.getAllProcessInfo()
     pids = [int(i["pid"]) for i in infos if i["statename"] == "RUNNING"]
     procs.note_mocks(pids)
@@ -781,6 +797,7 @@ def run_supervisord(args: argparse.Namespace, procs: Processes, workdir: Path) -
     measure_steady(rx, res, pids, supervisor, None, args.idle_seconds)
 
     # --- exit detection
+    renice(supervisor.pid, args.renice_supervisor, res)
     res.loads["kill"] = load1()
     by_pid = {int(i["pid"]): str(i["name"]) for i in infos if i["statename"] == "RUNNING"}
     victims = random.Random(1).sample(sorted(pids), min(args.kills, len(pids) // 2))
@@ -837,6 +854,7 @@ TABLE: list[tuple[str, Callable[[Result], str]]] = [
     ("msgs per mock per s", lambda r: _f(r.msgs_per_mock_s, "{:.2f}")),
     ("all mocks' CPU sending (% core)", lambda r: _f(r.mocks_cpu, "{:.0f}")),
     ("PSS per mock (MiB)", lambda r: _f(r.pss_per_mock, "{:.2f}")),
+    ("  of which USS (MiB)", lambda r: _f(r.uss_per_mock, "{:.2f}")),
     ("supervisor PSS (MiB)", lambda r: _f(r.supervisor_pss)),
     ("  zygote PSS (MiB)", lambda r: _f(r.helper_pss)),
     ("supervisor idle CPU (% core)", lambda r: _f(r.idle_cpu, "{:.2f}")),
@@ -1030,6 +1048,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=8.0,
         help="memory to leave free when sizing the supervisord run (default 8 GiB)",
+    )
+    p.add_argument(
+        "--renice-supervisor",
+        type=int,
+        default=None,
+        metavar="NICE",
+        help="experiment: set the supervisor process's nice value before the kills",
     )
     p.add_argument("--order", choices=("tower-first", "supervisord-first"), default="tower-first")
     args = p.parse_args(argv)
