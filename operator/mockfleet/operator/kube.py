@@ -147,6 +147,13 @@ class Kube:
         path = f"{collection_path(api_version, plural, namespace)}/{quote(name)}"
         return await self.request("GET", path)
 
+    async def patch(
+        self, api_version: str, plural: str, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> JSON | None:
+        """Merge-patch one object; None when it no longer exists."""
+        path = f"{collection_path(api_version, plural, namespace)}/{quote(name)}"
+        return await self.request("PATCH", path, dict(body), content_type=MERGE_PATCH)
+
     async def apply(self, obj: Mapping[str, Any], namespace: str) -> tuple[str, JSON]:
         """Create ``obj``, or merge-patch it when it exists and differs.
 

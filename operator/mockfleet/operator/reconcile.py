@@ -31,6 +31,12 @@ from mockfleet.operator.status import (
     invalid_status,
     now_iso,
 )
+from mockfleet.operator.towerpods import (
+    is_running,
+    plan_annotation_patch,
+    stale_plan_pods,
+    status_port,
+)
 
 #: Called for every Kubernetes Event to post: (type, reason, message).
 EventSink = Callable[[str, str, str], None]
@@ -68,7 +74,10 @@ async def tower_reports(
     port: int,
     timeout: float,
 ) -> list[TowerReport]:
-    """GET /status from every running tower pod, concurrently; failures become reports too."""
+    """GET /status from every running tower pod, concurrently; failures become reports too.
+
+    ``port`` is the towers' port unless a pod names its own (see :func:`status_port`).
+    """
 
     async def one(pod: Mapping[str, Any]) -> TowerReport:
         node = str((pod.get("spec") or {}).get("nodeName") or "")
@@ -77,7 +86,8 @@ async def tower_reports(
         if not ip:
             return TowerReport(node, name, None, "no pod IP yet")
         try:
-            data = await fetch_json(session, f"http://{ip}:{port}/status", timeout)
+            url = f"http://{ip}:{status_port(pod, port)}/status"
+            data = await fetch_json(session, url, timeout)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return TowerReport(node, name, None, f"{type(exc).__name__}: {exc}")
         stats = (data.get("lots") or {}).get(lot) if isinstance(data, dict) else None
@@ -130,19 +140,24 @@ async def reconcile(
     ]
     adopt(children)
     done: dict[str, str] = {}
+    plan_version = ""
     for child in children:
-        action, _ = await kube.apply(child, namespace)
+        action, stored = await kube.apply(child, namespace)
         done[f"{child['kind']}/{child['metadata']['name']}"] = action
+        if child["kind"] == "ConfigMap":
+            plan_version = str((stored.get("metadata") or {}).get("resourceVersion") or "")
         if action != "unchanged":
             logger.info(
                 "lot=%s %s %s", lot.name, action, f"{child['kind']}/{child['metadata']['name']}"
             )
 
     selector = tower_selector(lot.name)
+    pods = await kube.list("v1", "pods", namespace, selector_string(selector))
+    if plan_version:
+        await touch_tower_pods(kube, namespace, pods, plan_version, lot.name, logger)
     reports: list[TowerReport] = []
     if session is not None:
-        pods = await kube.list("v1", "pods", namespace, selector_string(selector))
-        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        running = [p for p in pods if is_running(p)]
         reports = await tower_reports(
             session, running, lot.name, settings.tower_port, settings.status_timeout
         )
@@ -162,6 +177,33 @@ async def reconcile(
         kind = "Warning" if _is_bad(cond) else "Normal"
         post_event(kind, f"{cond['type']}{cond['status']}", cond.get("message") or cond["reason"])
     return Outcome(lot, status, done, assignment)
+
+
+async def touch_tower_pods(
+    kube: Kube,
+    namespace: str,
+    pods: Sequence[Mapping[str, Any]],
+    plan_version: str,
+    lot: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> list[str]:
+    """Record the plan version on tower pods that lack it, so their kubelets resync now.
+
+    A failed patch is logged, not raised: towers still get the plan at the
+    kubelet's next periodic sync, and the next reconciliation retries.
+    Returns the names of the pods patched.
+    """
+    touched = []
+    for name in stale_plan_pods(pods, plan_version):
+        try:
+            await kube.patch("v1", "pods", namespace, name, plan_annotation_patch(plan_version))
+        except KubeError as exc:
+            logger.warning("lot=%s pod=%s cannot note the plan version: %s", lot, name, exc)
+            continue
+        touched.append(name)
+    if touched:
+        logger.info("lot=%s plan=%s noted on pods %s", lot, plan_version, ", ".join(touched))
+    return touched
 
 
 def _is_bad(cond: Mapping[str, Any]) -> bool:

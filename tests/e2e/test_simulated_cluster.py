@@ -1,0 +1,311 @@
+"""End to end on a simulated cluster: the real operator (a kopf process), real
+towers and real devices, with the API server emulated and pods run as local
+processes by a kubelet stand-in (``support.kubelet``; read its module doc for
+what is and is not simulated).
+
+The tests share one cluster and one lot and run in file order, each phase
+starting from where the previous one left it: 300 devices on 3 nodes, scale
+to 450, lose a node, pause and resume, delete.
+
+Plan changes reach the towers the way they do on a real cluster: the kubelet
+stand-in refreshes a ConfigMap volume when it syncs the pod (on a pod update
+or once a minute), so plan changes arrive quickly only because the operator
+touches the tower pods' plan-generation annotation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+from support.emulator_thread import EmulatorThread
+from support.k8s_operator import OperatorProcess, write_kubeconfig
+from support.kubelet import Api, Cluster
+from support.kubelet import log as sim_log
+
+from mockfleet.tower.receiver.service import Receiver
+
+T = TypeVar("T")
+NS = "default"
+LOT = "e2e-meters"
+NODES = ["node-a", "node-b", "node-c"]
+GONE_NODE = "node-c"
+DEADLINE = 90.0  # generous: two shared cores start and stop hundreds of processes
+
+
+def node(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def lot(devices: int, ingest: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mockfleet.dev/v1alpha1",
+        "kind": "MockLot",
+        "metadata": {"name": LOT, "namespace": NS},
+        "spec": {
+            "devices": devices,
+            "seed": 3,
+            "timing": {"interval": "1s"},
+            "payload": {"template": {"reading": {"$gen": "uniform", "min": 0, "max": 10}}},
+            "sink": {"type": "http", "url": f"{ingest}/ingest/{{id}}"},
+            "tower": {"maxDevicesPerTower": 1000, "stopGracePeriod": "5s"},
+        },
+    }
+
+
+@dataclass
+class Sim:
+    """The simulated cluster and what the tests read from it."""
+
+    api: Api
+    cluster: Cluster
+    operator: OperatorProcess
+    receiver: Receiver
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ the lot
+
+    def lot(self) -> dict[str, Any] | None:
+        return self.api.get("mockfleet.dev/v1alpha1", "mocklots", NS, LOT)
+
+    def status(self) -> dict[str, Any]:
+        return dict((self.lot() or {}).get("status") or {})
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        for cond in self.status().get("conditions") or []:
+            if cond.get("type") == type_:
+                return dict(cond)
+        return {}
+
+    def patch_spec(self, spec: dict[str, Any]) -> None:
+        assert self.api.patch("mockfleet.dev/v1alpha1", "mocklots", NS, LOT, {"spec": spec})
+
+    def plan(self) -> dict[str, Any]:
+        cm = self.api.get("v1", "configmaps", NS, f"{LOT}-plan") or {}
+        return dict(json.loads((cm.get("data") or {}).get("plan.json") or "{}"))
+
+    def ready_with(self, running: int) -> bool:
+        st = self.status()
+        return st.get("running") == running and self.condition("Ready").get("status") == "True"
+
+    # ------------------------------------------------------------------ the towers
+
+    def devices(self) -> list[tuple[str, str, int]]:
+        """(mock id, node, pid) of every device with a PID file in a running tower."""
+        out = []
+        for tower in self.cluster.towers():
+            pids = (tower.state_dir or Path("/nonexistent")) / "pids"
+            with contextlib.suppress(OSError):
+                for path in pids.iterdir():
+                    with contextlib.suppress(ValueError, OSError, KeyError):
+                        pid = int(json.loads(path.read_text())["pid"])
+                        out.append((path.name, tower.node, pid))
+        return out
+
+    def placement(self) -> dict[str, tuple[str, int]]:
+        """mock id -> (node, pid); fails when a device runs on two nodes."""
+        seen: dict[str, tuple[str, int]] = {}
+        for mock_id, where, pid in self.devices():
+            assert mock_id not in seen, f"{mock_id} runs twice: {seen[mock_id]} and {(where, pid)}"
+            seen[mock_id] = (where, pid)
+        return seen
+
+    # ------------------------------------------------------------------ waiting
+
+    def diagnostics(self) -> str:
+        st = self.status()
+        summary = {k: st.get(k) for k in ("desired", "assigned", "running", "towers")}
+        conds = {c["type"]: (c["status"], c.get("message")) for c in st.get("conditions") or []}
+        return (
+            f"status={summary} conditions={conds}\nplan={self.plan().get('nodes')}\n"
+            f"towers={[(p.node, p.name, p.port) for p in self.cluster.towers()]}\n"
+            f"devices={len(self.devices())} cluster errors={self.cluster.errors[-3:]}\n"
+            f"operator log:\n{self.operator.tail(25)}"
+        )
+
+    def until(self, check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s: {what}\n{self.diagnostics()}")
+            time.sleep(0.2)
+
+
+def live_children() -> list[psutil.Process]:
+    """Live processes started by this test process (zombies excluded)."""
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    work = tmp_path_factory.mktemp("sim-cluster")
+    trace = logging.FileHandler(work / "cluster.log")
+    trace.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    sim_log.addHandler(trace)
+    sim_log.setLevel(logging.INFO)
+    receiver = Receiver(http=("127.0.0.1", 0))
+    receiver.start()
+    try:
+        with EmulatorThread([NS]) as server:
+            api = Api(server.url)
+            for name in NODES:
+                api.create("v1", "nodes", None, node(name))
+            kubeconfig = write_kubeconfig(work / "kubeconfig", server.url)
+            operator = OperatorProcess(kubeconfig, work / "operator.log", NS, status_interval=1.0)
+            try:
+                # sync_period far beyond the test: only pod updates refresh the plan volume.
+                with Cluster(server.url, NS, NODES, work / "nodes", sync_period=600.0) as cluster:
+                    yield Sim(api, cluster, operator, receiver)
+            finally:
+                operator.stop()
+                api.close()
+    finally:
+        receiver.stop()
+        sim_log.removeHandler(trace)
+        trace.close()
+        leftovers = live_children()
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def test_lot_runs_300_devices_on_3_nodes(sim: Sim) -> None:
+    ingest = str(sim.receiver.http_url)
+    started = time.monotonic()
+    sim.api.create("mockfleet.dev/v1alpha1", "mocklots", NS, lot(300, ingest))
+
+    sim.until(lambda: sim.ready_with(300), "300 running and Ready=True")
+    sim.timings["300 running"] = time.monotonic() - started
+    placement = sim.placement()
+    assert len(placement) == 300
+    by_node = {n: sum(1 for where, _ in placement.values() if where == n) for n in NODES}
+    assert by_node == {"node-a": 100, "node-b": 100, "node-c": 100}
+    # The tower on each node runs exactly its ranges of the plan.
+    for name, ranges in sim.plan()["nodes"].items():
+        wanted = {f"{LOT}-{i}" for start, end in ranges for i in range(start, end)}
+        assert {m for m, (where, _) in placement.items() if where == name} == wanted
+    status = sim.status()
+    assert status["towers"] == 3
+    assert status["assigned"] == 300
+    assert sim.condition("TowersReady")["status"] == "True"
+    assert sim.condition("Degraded")["status"] == "False"
+    # Devices really send, to the receiver on the loopback.
+    sim.until(
+        lambda: sim.receiver.stats.snapshot()["devices"] >= 300, "messages from all 300 devices"
+    )
+    assert sim.cluster.crashes() == []
+
+
+def test_scale_up_starts_only_new_devices(sim: Sim) -> None:
+    before = sim.placement()
+    assert len(before) == 300
+    started = time.monotonic()
+    sim.patch_spec({"devices": 450})
+
+    sim.until(lambda: len(sim.devices()) == 450 and sim.ready_with(450), "450 running")
+    sim.timings["scale 300 -> 450"] = time.monotonic() - started
+    after = sim.placement()
+    assert set(after) == {f"{LOT}-{i}" for i in range(450)}
+    moved = {m: (before[m], after[m]) for m in before if after[m] != before[m]}
+    assert not moved, f"running devices were restarted or moved: {moved}"
+    assert sim.status()["observedGeneration"] == 2
+
+
+def test_removed_node_devices_move_to_the_others(sim: Sim) -> None:
+    before = sim.placement()
+    orphans = {m for m, (where, _) in before.items() if where == GONE_NODE}
+    assert len(orphans) == 150
+    started = time.monotonic()
+    assert sim.api.delete("v1", "nodes", None, GONE_NODE)
+
+    def moved() -> bool:
+        now = sim.devices()
+        nodes = {where for _, where, _ in now}
+        return len(now) == 450 and GONE_NODE not in nodes and sim.ready_with(450)
+
+    sim.until(moved, f"450 devices running on the nodes left after deleting {GONE_NODE}")
+    sim.timings["node removal -> 450 running elsewhere"] = time.monotonic() - started
+    after = sim.placement()  # also: no device runs twice
+    assert set(after) == {f"{LOT}-{i}" for i in range(450)}
+    assert {where for where, _ in after.values()} == {"node-a", "node-b"}
+    # Only the orphans moved; devices on the remaining nodes kept running as they were.
+    stayed = {m for m in before if m not in orphans}
+    assert {m for m in stayed if after[m] != before[m]} == set()
+    assert sorted(sim.plan()["nodes"]) == ["node-a", "node-b"]
+    assert sim.status()["towers"] == 2
+    assert not [p for p in sim.cluster.towers() if p.node == GONE_NODE]
+    sim.until(lambda: sim.cluster.stopping() == 0, f"the tower on {GONE_NODE} to exit")
+
+
+def test_pause_stops_every_device_and_resume_restarts_them(sim: Sim) -> None:
+    started = time.monotonic()
+    sim.patch_spec({"paused": True})
+    sim.until(lambda: not sim.devices(), "every device to stop")
+    sim.timings["pause -> 0 running"] = time.monotonic() - started
+    sim.until(
+        lambda: (
+            sim.status().get("running") == 0 and sim.condition("Ready").get("reason") == "Paused"
+        ),
+        "running=0 and Ready=False (Paused)",
+    )
+    assert sim.condition("Ready")["status"] == "False"
+    assert len(sim.cluster.towers()) == 2  # the towers stay, idle
+
+    started = time.monotonic()
+    sim.patch_spec({"paused": False})
+    sim.until(lambda: len(sim.devices()) == 450 and sim.ready_with(450), "450 running again")
+    sim.timings["resume -> 450 running"] = time.monotonic() - started
+    assert set(sim.placement()) == {f"{LOT}-{i}" for i in range(450)}
+
+
+def test_deleting_the_lot_stops_everything(sim: Sim) -> None:
+    started = time.monotonic()
+    assert sim.api.delete("mockfleet.dev/v1alpha1", "mocklots", NS, LOT)
+    sim.until(lambda: sim.lot() is None, "the lot to be gone (the operator's finalizer released)")
+    sim.until(
+        lambda: (
+            not sim.api.list("apps/v1", "daemonsets", NS)
+            and not sim.api.list("v1", "configmaps", NS)
+            and not sim.api.list("v1", "pods", NS)
+        ),
+        "the DaemonSet, ConfigMap and pods to be garbage-collected",
+    )
+    sim.until(
+        lambda: not sim.cluster.towers() and sim.cluster.stopping() == 0, "every tower to exit"
+    )
+    operator = sim.operator.proc.pid
+    sim.until(
+        lambda: [p.pid for p in live_children()] == [operator],
+        "no process but the operator left",
+        timeout=30,
+    )
+    sim.timings["delete -> nothing left"] = time.monotonic() - started
+    assert sorted(sim.cluster.gc.collected)[:2] == [
+        f"configmaps/{LOT}-plan",
+        f"daemonsets/{LOT}-tower",
+    ]
+    assert sim.cluster.crashes() == []
+    assert sim.cluster.errors == []
+    print("timings (s):", {k: round(v, 1) for k, v in sim.timings.items()})
