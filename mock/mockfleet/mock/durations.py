@@ -2,14 +2,14 @@
 
 Lot files are written by people, so every duration field accepts a compact
 string or a plain number of seconds, and every error says what was expected.
+Plain functions with no heavy imports: command lines (the tower's included)
+parse durations without loading pydantic; the schema types are in
+``mockfleet.mock.fieldtypes``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
-
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _UNITS = {
     "ms": 0.001,
@@ -92,25 +92,3 @@ def parse_size(value: object) -> int:
         if match:
             return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
     raise ValueError(f"invalid size {value!r}: use bytes or a unit B, KB, KiB, MB, MiB, GB, GiB")
-
-
-_DURATION_SCHEMA = {
-    "anyOf": [{"type": "integer"}, {"type": "string"}],
-    "x-kubernetes-int-or-string": True,
-    "description": "A duration: whole seconds, or a string such as '500ms', '5s', '1m30s'.",
-}
-_SIZE_SCHEMA = {
-    "anyOf": [{"type": "integer"}, {"type": "string"}],
-    "x-kubernetes-int-or-string": True,
-    "description": "A size: bytes as an integer, or a string such as '64KiB' or '1MiB'.",
-}
-
-#: Seconds, accepted as "5s"/"500ms"/number; serialised back as seconds.
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    PlainSerializer(lambda v: v, return_type=float),
-    WithJsonSchema(_DURATION_SCHEMA),
-]
-#: Bytes, accepted as "64KiB"/number.
-Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]

@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from mockfleet.mock.durations import Duration, Size
+from mockfleet.mock.fieldtypes import Duration, Size
 from mockfleet.mock.generators.specs import (
     GEN_KEY,
     GENERATOR_ADAPTER,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from mockfleet.mock.durations import Duration
+from mockfleet.mock.fieldtypes import Duration
 
 GEN_KEY = "$gen"
 
