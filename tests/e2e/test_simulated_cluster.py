@@ -28,9 +28,12 @@ import psutil
 import pytest
 from support.emulator_thread import EmulatorThread
 from support.k8s_operator import OperatorProcess, write_kubeconfig
-from support.kubelet import Api, Cluster
-from support.kubelet import log as sim_log
+from support.kube_api import Api
+from support.sim_cluster import Cluster
+from support.sim_cluster import log as sim_log
+from support.tower_harness import no_leftovers
 
+from mockfleet.operator.towerpods import PLAN_ANNOTATION
 from mockfleet.tower.receiver.service import Receiver
 
 T = TypeVar("T")
@@ -75,6 +78,13 @@ class Sim:
     operator: OperatorProcess
     receiver: Receiver
     timings: dict[str, float] = field(default_factory=dict)
+    #: Phases that passed: each test starts where the previous one left the lot.
+    done: set[str] = field(default_factory=set)
+
+    def after(self, phase: str) -> None:
+        """Skip (not fail) a phase whose predecessor failed: its failure says it all."""
+        if phase not in self.done:
+            pytest.skip(f"needs the earlier phase {phase!r}, which did not pass")
 
     # ------------------------------------------------------------------ the lot
 
@@ -93,9 +103,20 @@ class Sim:
     def patch_spec(self, spec: dict[str, Any]) -> None:
         assert self.api.patch("mockfleet.dev/v1alpha1", "mocklots", NS, LOT, {"spec": spec})
 
+    def plan_configmap(self) -> dict[str, Any]:
+        return self.api.get("v1", "configmaps", NS, f"{LOT}-plan") or {}
+
     def plan(self) -> dict[str, Any]:
-        cm = self.api.get("v1", "configmaps", NS, f"{LOT}-plan") or {}
+        cm = self.plan_configmap()
         return dict(json.loads((cm.get("data") or {}).get("plan.json") or "{}"))
+
+    def pods_noted_plan(self) -> bool:
+        """Every tower pod carries the plan ConfigMap's current resourceVersion."""
+        version = self.plan_configmap().get("metadata", {}).get("resourceVersion")
+        pods = self.api.list("v1", "pods", NS)
+        return bool(pods) and all(
+            (p["metadata"].get("annotations") or {}).get(PLAN_ANNOTATION) == version for p in pods
+        )
 
     def ready_with(self, running: int) -> bool:
         st = self.status()
@@ -167,7 +188,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     receiver = Receiver(http=("127.0.0.1", 0))
     receiver.start()
     try:
-        with EmulatorThread([NS]) as server:
+        with no_leftovers(), EmulatorThread([NS]) as server:
             api = Api(server.url)
             for name in NODES:
                 api.create("v1", "nodes", None, node(name))
@@ -184,11 +205,6 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         receiver.stop()
         sim_log.removeHandler(trace)
         trace.close()
-        leftovers = live_children()
-        for proc in leftovers:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def test_lot_runs_300_devices_on_3_nodes(sim: Sim) -> None:
@@ -215,10 +231,14 @@ def test_lot_runs_300_devices_on_3_nodes(sim: Sim) -> None:
     sim.until(
         lambda: sim.receiver.stats.snapshot()["devices"] >= 300, "messages from all 300 devices"
     )
+    # The operator noted the plan version on each tower pod (what makes kubelets resync).
+    sim.until(sim.pods_noted_plan, "the plan-generation annotation on every tower pod")
     assert sim.cluster.crashes() == []
+    sim.done.add("300 running")
 
 
 def test_scale_up_starts_only_new_devices(sim: Sim) -> None:
+    sim.after("300 running")
     before = sim.placement()
     assert len(before) == 300
     started = time.monotonic()
@@ -231,9 +251,13 @@ def test_scale_up_starts_only_new_devices(sim: Sim) -> None:
     moved = {m: (before[m], after[m]) for m in before if after[m] != before[m]}
     assert not moved, f"running devices were restarted or moved: {moved}"
     assert sim.status()["observedGeneration"] == 2
+    # The new plan reached the towers through a pod sync, not the periodic one (600 s).
+    assert all(n >= 2 for n in sim.cluster.projections().values())
+    sim.done.add("scaled")
 
 
 def test_removed_node_devices_move_to_the_others(sim: Sim) -> None:
+    sim.after("scaled")
     before = sim.placement()
     orphans = {m for m, (where, _) in before.items() if where == GONE_NODE}
     assert len(orphans) == 150
@@ -257,9 +281,11 @@ def test_removed_node_devices_move_to_the_others(sim: Sim) -> None:
     assert sim.status()["towers"] == 2
     assert not [p for p in sim.cluster.towers() if p.node == GONE_NODE]
     sim.until(lambda: sim.cluster.stopping() == 0, f"the tower on {GONE_NODE} to exit")
+    sim.done.add("node removed")
 
 
 def test_pause_stops_every_device_and_resume_restarts_them(sim: Sim) -> None:
+    sim.after("node removed")
     started = time.monotonic()
     sim.patch_spec({"paused": True})
     sim.until(lambda: not sim.devices(), "every device to stop")
@@ -278,9 +304,11 @@ def test_pause_stops_every_device_and_resume_restarts_them(sim: Sim) -> None:
     sim.until(lambda: len(sim.devices()) == 450 and sim.ready_with(450), "450 running again")
     sim.timings["resume -> 450 running"] = time.monotonic() - started
     assert set(sim.placement()) == {f"{LOT}-{i}" for i in range(450)}
+    sim.done.add("resumed")
 
 
 def test_deleting_the_lot_stops_everything(sim: Sim) -> None:
+    sim.after("resumed")
     started = time.monotonic()
     assert sim.api.delete("mockfleet.dev/v1alpha1", "mocklots", NS, LOT)
     sim.until(lambda: sim.lot() is None, "the lot to be gone (the operator's finalizer released)")

@@ -1,21 +1,16 @@
-"""The parts of a cluster that run pods, simulated with local processes.
+"""A kubelet stand-in: runs the pods bound to one simulated node as local processes.
 
-Together with the emulated API server (``support.k8s_emulator``) these make
-a "cluster" in which the real operator and real towers run:
-
-* :class:`DaemonSetController` (the controller manager's job): one pod per
-  DaemonSet and eligible node (Ready, matching the pod's ``nodeSelector``;
-  taints and affinity are not simulated), deleted again when the node goes
-  away, stops matching, or the DaemonSet is deleted.
-* :class:`GarbageCollector`: deletes ConfigMaps, DaemonSets and pods whose
-  owners (by ``ownerReferences`` uid) are all gone. The emulator has none,
-  and deleting a MockLot must take its children with it.
-* :class:`Kubelet`, one per simulated node: runs the pods bound to its node
-  as local processes (the container's command with ``mockfleet`` replaced by
-  this Python), projects ConfigMap volumes with the kubelet's ``..data`` swap,
-  reports the pod Running/Ready once the container's ``/healthz`` answers,
-  and SIGTERMs the container (SIGKILL after the pod's grace period) when its
-  pod is deleted.
+* The container's command runs with ``mockfleet`` replaced by this Python
+  (``-m mockfleet.operator.entry``); arguments and env values that name a
+  volume's mount path are rewritten to the pod's directory for that volume,
+  and ``fieldRef`` env (``spec.nodeName``, ``metadata.name``, ...) is resolved.
+* ConfigMap volumes are projected with the kubelet's ``..data`` swap
+  (``support.kubelet_projector``); other volumes are empty directories.
+* The pod is reported Pending, then Running with ``Ready=True`` once the
+  container's ``/healthz`` answers. A container that dies is restarted
+  (``restartPolicy: Always``) and recorded in :attr:`Kubelet.crashes`.
+* A deleted pod's container gets SIGTERM, then SIGKILL after the pod's
+  ``terminationGracePeriodSeconds``.
 
 All pods share 127.0.0.1, so a container port cannot be the same for every
 pod: the kubelet gives each pod a free host port, rewrites the
@@ -23,220 +18,39 @@ pod: the kubelet gives each pod a free host port, rewrites the
 the port into the pod's ``mockfleet.dev/status-port`` annotation, which the
 operator honours.
 
-Like a real kubelet (``configMapAndSecretChangeDetectionStrategy: Watch``),
-a ConfigMap volume is refreshed when the pod is synced: when the pod object
+Like a real kubelet (``configMapAndSecretChangeDetectionStrategy: Watch``), a
+ConfigMap volume is refreshed when the pod is synced: when the pod object
 changes and every ``sync_period`` seconds (the kubelet's ``--sync-frequency``,
-1 minute by default), not the moment the ConfigMap changes. The operator's
-plan-generation annotation on tower pods is what makes plan changes arrive
-quickly. ``configmap_watch=True`` re-projects on every ConfigMap change too.
-
-Everything is polled over HTTP, like any other API client; :class:`Cluster`
-steps all parts in one background thread.
+1 minute by default), not the moment the ConfigMap changes. So plan changes
+reach towers quickly only because the operator touches the tower pods'
+``mockfleet.dev/plan-generation`` annotation. ``configmap_watch=True``
+re-projects on every ConfigMap change as well.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import requests
-
-from mockfleet.operator.kube import collection_path
-from mockfleet.operator.nodes import is_ready, matches_selector
 from mockfleet.operator.towerpods import STATUS_PORT_ANNOTATION
 from support.k8s_operator import free_port
+from support.kube_api import JSON, Api, meta, uid
 from support.kubelet_projector import project
 
 log = logging.getLogger("sim-cluster")
 
-JSON = dict[str, Any]
 POD_IP = "127.0.0.1"
-
-
-class Api:
-    """A small synchronous client of the (emulated) API server."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        self.http = requests.Session()
-
-    def _path(self, api_version: str, plural: str, namespace: str | None, name: str = "") -> str:
-        path = self.url + collection_path(api_version, plural, namespace)
-        return f"{path}/{quote(name)}" if name else path
-
-    def _check(self, resp: requests.Response, what: str) -> Any:
-        if resp.status_code >= 400:
-            raise RuntimeError(f"{what}: HTTP {resp.status_code}: {resp.text[:300]}")
-        return resp.json()
-
-    def list(
-        self, api_version: str, plural: str, namespace: str | None = None, selector: str = ""
-    ) -> list[JSON]:
-        params = {"labelSelector": selector} if selector else {}
-        resp = self.http.get(self._path(api_version, plural, namespace), params=params, timeout=10)
-        return list(self._check(resp, f"list {plural}").get("items") or [])
-
-    def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> JSON | None:
-        resp = self.http.get(self._path(api_version, plural, namespace, name), timeout=10)
-        if resp.status_code == 404:
-            return None
-        return dict(self._check(resp, f"get {plural}/{name}"))
-
-    def create(self, api_version: str, plural: str, namespace: str | None, obj: JSON) -> JSON:
-        resp = self.http.post(self._path(api_version, plural, namespace), json=obj, timeout=10)
-        return dict(self._check(resp, f"create {plural}"))
-
-    def patch(
-        self, api_version: str, plural: str, namespace: str | None, name: str, body: JSON
-    ) -> JSON | None:
-        """Merge-patch; None when the object is gone."""
-        resp = self.http.patch(
-            self._path(api_version, plural, namespace, name),
-            data=json.dumps(body),
-            headers={"Content-Type": "application/merge-patch+json"},
-            timeout=10,
-        )
-        if resp.status_code == 404:
-            return None
-        return dict(self._check(resp, f"patch {plural}/{name}"))
-
-    def delete(self, api_version: str, plural: str, namespace: str | None, name: str) -> bool:
-        """Delete; False when it was already gone."""
-        resp = self.http.delete(self._path(api_version, plural, namespace, name), timeout=10)
-        if resp.status_code == 404:
-            return False
-        self._check(resp, f"delete {plural}/{name}")
-        return True
-
-    def close(self) -> None:
-        self.http.close()
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
-def _uid(obj: Mapping[str, Any]) -> str:
-    return str(_meta(obj).get("uid") or "")
-
-
-def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
-    return {str(ref.get("uid")) for ref in _meta(obj).get("ownerReferences") or []}
-
-
-# --------------------------------------------------------------------------- controllers
-
-
-class DaemonSetController:
-    """One pod per (DaemonSet, eligible node); see the module doc."""
-
-    def __init__(self, api: Api, namespace: str) -> None:
-        self.api = api
-        self.namespace = namespace
-
-    def step(self) -> None:
-        nodes = self.api.list("v1", "nodes")
-        daemonsets = self.api.list("apps/v1", "daemonsets", self.namespace)
-        pods = self.api.list("v1", "pods", self.namespace)
-        live_nodes = {str(_meta(n)["name"]): n for n in nodes}
-        ds_uids = {_uid(ds) for ds in daemonsets}
-        for pod in pods:
-            node = (pod.get("spec") or {}).get("nodeName")
-            # Pod GC: pods of deleted nodes; the DS controller: pods of deleted DaemonSets
-            # (the garbage collector would get them too) and of nodes no longer eligible.
-            owned_by_ds = bool(_owner_uids(pod) & ds_uids)
-            if node not in live_nodes or (_owner_uids(pod) and not owned_by_ds):
-                self._delete(pod, "its node or DaemonSet is gone")
-        for ds in daemonsets:
-            template = (ds.get("spec") or {}).get("template") or {}
-            selector = (template.get("spec") or {}).get("nodeSelector") or {}
-            eligible = {
-                name
-                for name, node in live_nodes.items()
-                if is_ready(node) and matches_selector(node, selector)
-            }
-            mine = [p for p in pods if _uid(ds) in _owner_uids(p)]
-            have = {(p.get("spec") or {}).get("nodeName") for p in mine}
-            for pod in mine:
-                node = (pod.get("spec") or {}).get("nodeName")
-                if node in live_nodes and node not in eligible:
-                    self._delete(pod, "its node is no longer eligible")
-            for node in sorted(eligible - have):
-                self._create_pod(ds, template, node)
-
-    def _delete(self, pod: Mapping[str, Any], why: str) -> None:
-        name = str(_meta(pod)["name"])
-        if self.api.delete("v1", "pods", self.namespace, name):
-            log.info("pod=%s deleted: %s", name, why)
-
-    def _create_pod(self, ds: Mapping[str, Any], template: Mapping[str, Any], node: str) -> None:
-        meta = _meta(ds)
-        tmeta = template.get("metadata") or {}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "generateName": f"{meta['name']}-",
-                "labels": dict(tmeta.get("labels") or {}),
-                "annotations": dict(tmeta.get("annotations") or {}),
-                "ownerReferences": [
-                    {
-                        "apiVersion": "apps/v1",
-                        "kind": "DaemonSet",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": {**json.loads(json.dumps(template.get("spec") or {})), "nodeName": node},
-            "status": {"phase": "Pending"},
-        }
-        created = self.api.create("v1", "pods", self.namespace, pod)
-        log.info("pod=%s created for node=%s", _meta(created)["name"], node)
-
-
-class GarbageCollector:
-    """Deletes namespaced objects whose owners are all gone (background deletion)."""
-
-    OWNERS = (("mockfleet.dev/v1alpha1", "mocklots"), ("apps/v1", "daemonsets"))
-    DEPENDENTS = (("v1", "configmaps"), ("apps/v1", "daemonsets"), ("v1", "pods"))
-
-    def __init__(self, api: Api, namespace: str) -> None:
-        self.api = api
-        self.namespace = namespace
-        self.collected: list[str] = []
-
-    def step(self) -> None:
-        alive = {
-            _uid(o) for av, plural in self.OWNERS for o in self.api.list(av, plural, self.namespace)
-        }
-        for av, plural in self.DEPENDENTS:
-            for obj in self.api.list(av, plural, self.namespace):
-                owners = _owner_uids(obj)
-                if owners and not owners & alive:
-                    name = str(_meta(obj)["name"])
-                    if self.api.delete(av, plural, self.namespace, name):
-                        self.collected.append(f"{plural}/{name}")
-                        log.info("%s/%s garbage-collected", plural, name)
-
-
-# --------------------------------------------------------------------------- kubelet
 
 
 @dataclass
@@ -300,24 +114,24 @@ class Kubelet:
     # ------------------------------------------------------------------ loop
 
     def step(self, pods: list[JSON], configmaps: Mapping[str, JSON]) -> None:
-        bound = {_uid(p): p for p in pods if (p.get("spec") or {}).get("nodeName") == self.node}
-        for uid in list(self.pods):
-            if uid not in bound:
-                self._stop(self.pods.pop(uid))
-        for uid, pod in bound.items():
-            running = self.pods.get(uid)
+        bound = {uid(p): p for p in pods if (p.get("spec") or {}).get("nodeName") == self.node}
+        for key in list(self.pods):
+            if key not in bound:
+                self._stop(self.pods.pop(key))
+        for key, pod in bound.items():
+            running = self.pods.get(key)
             if running is None:
                 started = self._start(pod, configmaps)
                 if started is not None:
-                    self.pods[uid] = started
+                    self.pods[key] = started
             else:
                 self._sync(running, pod, configmaps)
         self._reap()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop every container (the node goes down) and wait for them."""
-        for uid in list(self.pods):
-            self._stop(self.pods.pop(uid))
+        for key in list(self.pods):
+            self._stop(self.pods.pop(key))
         deadline = time.monotonic() + timeout
         while self.stopping and time.monotonic() < deadline:
             self._reap()
@@ -383,7 +197,7 @@ class Kubelet:
     ) -> dict[str, str]:
         fields = {
             "spec.nodeName": self.node,
-            "metadata.name": str(_meta(pod)["name"]),
+            "metadata.name": str(meta(pod)["name"]),
             "metadata.namespace": self.namespace,
             "status.podIP": POD_IP,
         }
@@ -403,7 +217,7 @@ class Kubelet:
             return None
         spec = pod.get("spec") or {}
         (container,) = spec["containers"]  # towers have one container
-        name = str(_meta(pod)["name"])
+        name = str(meta(pod)["name"])
         directory = self.workdir / name
         volumes = {vol: directory / "volumes" / vol for vol in sources}
         for path in volumes.values():
@@ -419,32 +233,39 @@ class Kubelet:
         port = free_port()
         argv = self._command(container, mounts, int(ports[0].get("containerPort") or 0), port)
         env = self._env(container, pod, mounts)
-        running = RunningPod(
-            name=name,
-            uid=_uid(pod),
-            node=self.node,
-            directory=directory,
-            port=port,
-            volumes=volumes,
-            argv=argv,
-            env=env,
-            proc=self._spawn(argv, env, directory),
-            grace=float(spec.get("terminationGracePeriodSeconds") or 30),
-            resource_version=str(_meta(pod).get("resourceVersion") or ""),
-            projected={vol: files for vol, files in sources.items() if files is not None},
-            next_sync=time.monotonic() + self.sync_period,
-        )
+        proc = self._spawn(argv, env, directory)
+        try:
+            running = RunningPod(
+                name=name,
+                uid=uid(pod),
+                node=self.node,
+                directory=directory,
+                port=port,
+                volumes=volumes,
+                argv=argv,
+                env=env,
+                proc=proc,
+                grace=float(spec.get("terminationGracePeriodSeconds") or 30),
+                resource_version=str(meta(pod).get("resourceVersion") or ""),
+                projected={vol: files for vol, files in sources.items() if files is not None},
+                next_sync=time.monotonic() + self.sync_period,
+            )
+            self.api.patch(
+                "v1",
+                "pods",
+                self.namespace,
+                name,
+                {
+                    "metadata": {"annotations": {STATUS_PORT_ANNOTATION: str(port)}},
+                    "status": {"phase": "Pending", "hostIP": POD_IP, "podIP": POD_IP},
+                },
+            )
+        except BaseException:
+            # Not recorded anywhere yet: never leave the container running behind our back.
+            proc.kill()
+            proc.wait(10)
+            raise
         self.projections[name] = 1
-        self.api.patch(
-            "v1",
-            "pods",
-            self.namespace,
-            name,
-            {
-                "metadata": {"annotations": {STATUS_PORT_ANNOTATION: str(port)}},
-                "status": {"phase": "Pending", "hostIP": POD_IP, "podIP": POD_IP},
-            },
-        )
         log.info("node=%s pod=%s started pid=%d port=%d", self.node, name, running.proc.pid, port)
         return running
 
@@ -492,7 +313,7 @@ class Kubelet:
                     }
                 },
             )
-        rv = str(_meta(pod).get("resourceVersion") or "")
+        rv = str(meta(pod).get("resourceVersion") or "")
         now = time.monotonic()
         if rv != running.resource_version or now >= running.next_sync or self.configmap_watch:
             # A pod sync: volumes are brought up to date from the (watched) ConfigMap cache.
@@ -525,95 +346,3 @@ class Kubelet:
                     item.pod.proc.kill()
             left.append(item)
         self.stopping = left
-
-
-# --------------------------------------------------------------------------- all of it
-
-
-class Cluster:
-    """The DaemonSet controller, the garbage collector and one kubelet per node,
-    stepped every ``period`` seconds in a background thread."""
-
-    def __init__(
-        self,
-        api_url: str,
-        namespace: str,
-        nodes: list[str],
-        workdir: Path,
-        *,
-        period: float = 0.2,
-        sync_period: float = 60.0,
-        configmap_watch: bool = False,
-    ) -> None:
-        self.api = Api(api_url)
-        self.namespace = namespace
-        self.period = period
-        self.controller = DaemonSetController(self.api, namespace)
-        self.gc = GarbageCollector(self.api, namespace)
-        self.kubelets = {
-            node: Kubelet(
-                self.api,
-                namespace,
-                node,
-                workdir,
-                sync_period=sync_period,
-                configmap_watch=configmap_watch,
-            )
-            for node in nodes
-        }
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sim-cluster", daemon=True)
-
-    def __enter__(self) -> Cluster:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        with self._lock:
-            for kubelet in self.kubelets.values():
-                kubelet.shutdown()
-        self.api.close()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                with self._lock:
-                    self.step()
-            except Exception as exc:  # keep simulating; tests look at .errors
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                log.exception("simulated cluster step failed")
-
-    def step(self) -> None:
-        """One pass of every part (the background thread calls this)."""
-        self.gc.step()
-        self.controller.step()
-        pods = self.api.list("v1", "pods", self.namespace)
-        configmaps = {
-            str(_meta(cm)["name"]): cm for cm in self.api.list("v1", "configmaps", self.namespace)
-        }
-        for kubelet in self.kubelets.values():
-            kubelet.step(pods, configmaps)
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[Cluster]:
-        """Hold the loop (to read a consistent picture of the kubelets)."""
-        with self._lock:
-            yield self
-
-    def towers(self) -> list[RunningPod]:
-        """The pods running now, on all nodes (a copy of the list)."""
-        with self._lock:
-            return [p for k in self.kubelets.values() for p in k.pods.values()]
-
-    def stopping(self) -> int:
-        """How many containers are still shutting down."""
-        with self._lock:
-            return sum(len(k.stopping) for k in self.kubelets.values())
-
-    def crashes(self) -> list[tuple[str, int]]:
-        with self._lock:
-            return [c for k in self.kubelets.values() for c in k.crashes]
