@@ -18,7 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,20 +31,21 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 from support.emulator_thread import EmulatorThread
-from support.k8s_operator import OperatorProcess, write_kubeconfig
+from support.k8s_operator import OperatorProcess, free_port, write_kubeconfig
 from support.kube_api import Api
+from support.polling import wait_for
 from support.sim_cluster import Cluster
 from support.sim_cluster import log as sim_log
 from support.tower_harness import no_leftovers
 
 from mockfleet.operator.towerpods import PLAN_ANNOTATION
-from mockfleet.tower.receiver.service import Receiver
 
 T = TypeVar("T")
 NS = "default"
 LOT = "e2e-meters"
 NODES = ["node-a", "node-b", "node-c"]
 GONE_NODE = "node-c"
+RECEIVE = [sys.executable, "-m", "mockfleet.operator.entry", "receive"]
 DEADLINE = 90.0  # generous: two shared cores start and stop hundreds of processes
 
 
@@ -69,6 +74,43 @@ def lot(devices: int, ingest: str) -> dict[str, Any]:
     }
 
 
+class ReceiverProcess:
+    """``mockfleet receive`` in its own process: 450 posts a second would otherwise
+    compete for this process's GIL with the API server, kubelets and test."""
+
+    def __init__(self, log: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*RECEIVE, "--quiet", "--http", f"127.0.0.1:{port}"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        wait_for(self.healthy, 30)
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, "mockfleet receive exited"
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 @dataclass
 class Sim:
     """The simulated cluster and what the tests read from it."""
@@ -76,7 +118,7 @@ class Sim:
     api: Api
     cluster: Cluster
     operator: OperatorProcess
-    receiver: Receiver
+    receiver: ReceiverProcess
     timings: dict[str, float] = field(default_factory=dict)
     #: Phases that passed: each test starts where the previous one left the lot.
     done: set[str] = field(default_factory=set)
@@ -124,13 +166,23 @@ class Sim:
 
     # ------------------------------------------------------------------ the towers
 
+    def device_nodes(self) -> list[tuple[str, str]]:
+        """(mock id, node) of every device with a PID file: cheap enough to poll."""
+        out = []
+        for tower in self.cluster.towers():
+            if tower.state_dir is not None:
+                with contextlib.suppress(OSError):
+                    out += [(p.name, tower.node) for p in (tower.state_dir / "pids").iterdir()]
+        return out
+
     def devices(self) -> list[tuple[str, str, int]]:
         """(mock id, node, pid) of every device with a PID file in a running tower."""
         out = []
         for tower in self.cluster.towers():
-            pids = (tower.state_dir or Path("/nonexistent")) / "pids"
+            if tower.state_dir is None:
+                continue
             with contextlib.suppress(OSError):
-                for path in pids.iterdir():
+                for path in (tower.state_dir / "pids").iterdir():
                     with contextlib.suppress(ValueError, OSError, KeyError):
                         pid = int(json.loads(path.read_text())["pid"])
                         out.append((path.name, tower.node, pid))
@@ -153,7 +205,7 @@ class Sim:
         return (
             f"status={summary} conditions={conds}\nplan={self.plan().get('nodes')}\n"
             f"towers={[(p.node, p.name, p.port) for p in self.cluster.towers()]}\n"
-            f"devices={len(self.devices())} cluster errors={self.cluster.errors[-3:]}\n"
+            f"devices={len(self.device_nodes())} cluster errors={self.cluster.errors[-3:]}\n"
             f"operator log:\n{self.operator.tail(25)}"
         )
 
@@ -165,7 +217,7 @@ class Sim:
                 return value
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s: {what}\n{self.diagnostics()}")
-            time.sleep(0.2)
+            time.sleep(0.5)  # this process also hosts the API server and kubelets
 
 
 def live_children() -> list[psutil.Process]:
@@ -185,30 +237,29 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     trace.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     sim_log.addHandler(trace)
     sim_log.setLevel(logging.INFO)
-    receiver = Receiver(http=("127.0.0.1", 0))
-    receiver.start()
-    try:
-        with no_leftovers(), EmulatorThread([NS]) as server:
-            api = Api(server.url)
+    with no_leftovers(), EmulatorThread([NS]) as server:
+        receiver = ReceiverProcess(work / "receiver.log")
+        api = Api(server.url)
+        operator = None
+        try:
             for name in NODES:
                 api.create("v1", "nodes", None, node(name))
             kubeconfig = write_kubeconfig(work / "kubeconfig", server.url)
             operator = OperatorProcess(kubeconfig, work / "operator.log", NS, status_interval=1.0)
-            try:
-                # sync_period far beyond the test: only pod updates refresh the plan volume.
-                with Cluster(server.url, NS, NODES, work / "nodes", sync_period=600.0) as cluster:
-                    yield Sim(api, cluster, operator, receiver)
-            finally:
+            # sync_period far beyond the test: only pod updates refresh the plan volume.
+            with Cluster(server.url, NS, NODES, work / "nodes", sync_period=600.0) as cluster:
+                yield Sim(api, cluster, operator, receiver)
+        finally:
+            if operator is not None:
                 operator.stop()
-                api.close()
-    finally:
-        receiver.stop()
-        sim_log.removeHandler(trace)
-        trace.close()
+            receiver.stop()
+            api.close()
+            sim_log.removeHandler(trace)
+            trace.close()
 
 
 def test_lot_runs_300_devices_on_3_nodes(sim: Sim) -> None:
-    ingest = str(sim.receiver.http_url)
+    ingest = sim.receiver.url
     started = time.monotonic()
     sim.api.create("mockfleet.dev/v1alpha1", "mocklots", NS, lot(300, ingest))
 
@@ -228,9 +279,7 @@ def test_lot_runs_300_devices_on_3_nodes(sim: Sim) -> None:
     assert sim.condition("TowersReady")["status"] == "True"
     assert sim.condition("Degraded")["status"] == "False"
     # Devices really send, to the receiver on the loopback.
-    sim.until(
-        lambda: sim.receiver.stats.snapshot()["devices"] >= 300, "messages from all 300 devices"
-    )
+    sim.until(lambda: sim.receiver.stats()["devices"] >= 300, "messages from all 300 devices")
     # The operator noted the plan version on each tower pod (what makes kubelets resync).
     sim.until(sim.pods_noted_plan, "the plan-generation annotation on every tower pod")
     assert sim.cluster.crashes() == []
@@ -244,7 +293,7 @@ def test_scale_up_starts_only_new_devices(sim: Sim) -> None:
     started = time.monotonic()
     sim.patch_spec({"devices": 450})
 
-    sim.until(lambda: len(sim.devices()) == 450 and sim.ready_with(450), "450 running")
+    sim.until(lambda: sim.ready_with(450) and len(sim.device_nodes()) == 450, "450 running")
     sim.timings["scale 300 -> 450"] = time.monotonic() - started
     after = sim.placement()
     assert set(after) == {f"{LOT}-{i}" for i in range(450)}
@@ -265,9 +314,10 @@ def test_removed_node_devices_move_to_the_others(sim: Sim) -> None:
     assert sim.api.delete("v1", "nodes", None, GONE_NODE)
 
     def moved() -> bool:
-        now = sim.devices()
-        nodes = {where for _, where, _ in now}
-        return len(now) == 450 and GONE_NODE not in nodes and sim.ready_with(450)
+        if not sim.ready_with(450):
+            return False
+        now = sim.device_nodes()
+        return len(now) == 450 and GONE_NODE not in {where for _, where in now}
 
     sim.until(moved, f"450 devices running on the nodes left after deleting {GONE_NODE}")
     sim.timings["node removal -> 450 running elsewhere"] = time.monotonic() - started
@@ -288,7 +338,7 @@ def test_pause_stops_every_device_and_resume_restarts_them(sim: Sim) -> None:
     sim.after("node removed")
     started = time.monotonic()
     sim.patch_spec({"paused": True})
-    sim.until(lambda: not sim.devices(), "every device to stop")
+    sim.until(lambda: not sim.device_nodes(), "every device to stop")
     sim.timings["pause -> 0 running"] = time.monotonic() - started
     sim.until(
         lambda: (
@@ -301,7 +351,7 @@ def test_pause_stops_every_device_and_resume_restarts_them(sim: Sim) -> None:
 
     started = time.monotonic()
     sim.patch_spec({"paused": False})
-    sim.until(lambda: len(sim.devices()) == 450 and sim.ready_with(450), "450 running again")
+    sim.until(lambda: sim.ready_with(450) and len(sim.device_nodes()) == 450, "450 running again")
     sim.timings["resume -> 450 running"] = time.monotonic() - started
     assert set(sim.placement()) == {f"{LOT}-{i}" for i in range(450)}
     sim.done.add("resumed")
@@ -323,10 +373,10 @@ def test_deleting_the_lot_stops_everything(sim: Sim) -> None:
     sim.until(
         lambda: not sim.cluster.towers() and sim.cluster.stopping() == 0, "every tower to exit"
     )
-    operator = sim.operator.proc.pid
+    ours = {sim.operator.proc.pid, sim.receiver.proc.pid}
     sim.until(
-        lambda: [p.pid for p in live_children()] == [operator],
-        "no process but the operator left",
+        lambda: {p.pid for p in live_children()} == ours,
+        "no process but the operator and the receiver left",
         timeout=30,
     )
     sim.timings["delete -> nothing left"] = time.monotonic() - started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -86,3 +87,29 @@ def uid(obj: Mapping[str, Any]) -> str:
 def owner_uids(obj: Mapping[str, Any]) -> set[str]:
     """The uids in an object's ownerReferences."""
     return {str(ref.get("uid")) for ref in meta(obj).get("ownerReferences") or []}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the simulated controllers and kubelets look at, read once per pass."""
+
+    nodes: list[JSON]
+    lots: list[JSON]
+    daemonsets: list[JSON]
+    pods: list[JSON]
+    configmaps: list[JSON]
+
+    @classmethod
+    def read(cls, api: Api, namespace: str) -> Snapshot:
+        """Five list calls: nodes, and the namespace's lots, DaemonSets, pods, ConfigMaps."""
+        return cls(
+            nodes=api.list("v1", "nodes"),
+            lots=api.list("mockfleet.dev/v1alpha1", "mocklots", namespace),
+            daemonsets=api.list("apps/v1", "daemonsets", namespace),
+            pods=api.list("v1", "pods", namespace),
+            configmaps=api.list("v1", "configmaps", namespace),
+        )
+
+    def configmap(self, name: str) -> JSON | None:
+        """A ConfigMap by name."""
+        return next((c for c in self.configmaps if meta(c).get("name") == name), None)

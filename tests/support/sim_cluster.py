@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from support.kube_api import Api, meta
+from support.kube_api import Api, Snapshot, meta
 from support.kubelet import Kubelet, RunningPod
 from support.sim_controllers import DaemonSetController, GarbageCollector
 
@@ -81,14 +81,13 @@ class Cluster:
 
     def step(self) -> None:
         """One pass of every part (the background thread calls this)."""
-        self.gc.step()
-        self.controller.step()
-        pods = self.api.list("v1", "pods", self.namespace)
-        configmaps = {
-            str(meta(cm)["name"]): cm for cm in self.api.list("v1", "configmaps", self.namespace)
-        }
+        # One read per pass; what the controllers change is seen on the next pass.
+        seen = Snapshot.read(self.api, self.namespace)
+        self.gc.step(seen)
+        self.controller.step(seen)
+        configmaps = {str(meta(cm)["name"]): cm for cm in seen.configmaps}
         for kubelet in self.kubelets.values():
-            kubelet.step(pods, configmaps)
+            kubelet.step(seen.pods, configmaps)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[Cluster]:

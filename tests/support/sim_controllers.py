@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mockfleet.operator.nodes import is_ready, matches_selector
-from support.kube_api import Api, meta, owner_uids, uid
+from support.kube_api import Api, Snapshot, meta, owner_uids, uid
 
 log = logging.getLogger("sim-cluster")
 
@@ -30,10 +30,8 @@ class DaemonSetController:
         self.api = api
         self.namespace = namespace
 
-    def step(self) -> None:
-        nodes = self.api.list("v1", "nodes")
-        daemonsets = self.api.list("apps/v1", "daemonsets", self.namespace)
-        pods = self.api.list("v1", "pods", self.namespace)
+    def step(self, seen: Snapshot) -> None:
+        nodes, daemonsets, pods = seen.nodes, seen.daemonsets, seen.pods
         live_nodes = {str(meta(n)["name"]): n for n in nodes}
         ds_uids = {uid(ds) for ds in daemonsets}
         for pod in pods:
@@ -96,23 +94,35 @@ class DaemonSetController:
 class GarbageCollector:
     """Deletes namespaced objects whose owners are all gone (background deletion)."""
 
-    OWNERS = (("mockfleet.dev/v1alpha1", "mocklots"), ("apps/v1", "daemonsets"))
-    DEPENDENTS = (("v1", "configmaps"), ("apps/v1", "daemonsets"), ("v1", "pods"))
-
     def __init__(self, api: Api, namespace: str) -> None:
         self.api = api
         self.namespace = namespace
         self.collected: list[str] = []
 
-    def step(self) -> None:
-        alive = {
-            uid(o) for av, plural in self.OWNERS for o in self.api.list(av, plural, self.namespace)
+    def step(self, seen: Snapshot) -> None:
+        alive = {uid(o) for o in [*seen.lots, *seen.daemonsets]}
+        dependents = {
+            ("v1", "configmaps"): seen.configmaps,
+            ("apps/v1", "daemonsets"): seen.daemonsets,
+            ("v1", "pods"): seen.pods,
         }
-        for av, plural in self.DEPENDENTS:
-            for obj in self.api.list(av, plural, self.namespace):
+        for (av, plural), objects in dependents.items():
+            for obj in objects:
                 owners = owner_uids(obj)
-                if owners and not owners & alive:
+                if owners and not owners & alive and not self._an_owner_exists(obj):
                     name = str(meta(obj)["name"])
                     if self.api.delete(av, plural, self.namespace, name):
                         self.collected.append(f"{plural}/{name}")
                         log.info("%s/%s garbage-collected", plural, name)
+
+    def _an_owner_exists(self, obj: Mapping[str, Any]) -> bool:
+        """Ask the API server, as the real collector does: the snapshot may predate the owner."""
+        plurals = {"MockLot": "mocklots", "DaemonSet": "daemonsets"}
+        for ref in meta(obj).get("ownerReferences") or []:
+            plural = plurals.get(str(ref.get("kind")))
+            if plural is None:
+                return True  # an owner kind this collector does not know: leave it alone
+            found = self.api.get(str(ref["apiVersion"]), plural, self.namespace, str(ref["name"]))
+            if found is not None and uid(found) == ref.get("uid"):
+                return True
+        return False
