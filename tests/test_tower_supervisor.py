@@ -51,7 +51,8 @@ def test_500_mocks_start_and_stop_through_triggers(base: Path) -> None:
     tower.wait_ready()
     ids = _start_many(root, lot, 500)
     wait_for(lambda: len(pids(root)) == 500, 120, 0.2)
-    assert not os.listdir(root / "start")
+    # triggers go once the PID files are durable (fsynced off the loop)
+    wait_for(lambda: not os.listdir(root / "start"), 60, 0.1)
     live = {p.pid for p in _children(tower)}
     assert set(pids(root).values()) <= live
     for mock_id in ids:
@@ -211,7 +212,7 @@ def test_hostile_triggers_are_rejected_and_the_tower_keeps_running(base: Path) -
     assert "outside" in got["start/early bad.json"]
     assert "outside" in got["stop/bad stop"]
     assert "not valid JSON" in got["upgrade/upgrade"]
-    assert os.listdir(root / "start") == []
+    wait_for(lambda: os.listdir(root / "start") == [], 30)
     assert not (root / "stop" / "nobody").exists()
     assert any(e["event"] == "stop-unknown" and e["mock"] == "nobody" for e in tower.events())
     for p in (root / "rejected").iterdir():

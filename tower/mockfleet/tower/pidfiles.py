@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mockfleet.tower.linux import ProcStat, proc_stat
@@ -32,7 +32,12 @@ class PidRecord:
     restart: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(asdict(self), separators=(",", ":")) + "\n").encode()
+        # not dataclasses.asdict: its deep copy was a tenth of the tower's time per start
+        obj = {name: getattr(self, name) for name in _FIELDS}
+        return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+_FIELDS = tuple(f.name for f in fields(PidRecord))
 
 
 def parse_pid_record(data: bytes) -> PidRecord:
@@ -50,8 +55,14 @@ def parse_pid_record(data: bytes) -> PidRecord:
     return rec
 
 
-def write_pid_file(pids_dir: str, tmp_dir: str, rec: PidRecord, sync_dir: bool) -> None:
-    atomic_write(os.path.join(pids_dir, rec.mock_id), rec.to_bytes(), tmp_dir, sync_dir)
+def write_pid_file(
+    pids_dir: str, tmp_dir: str, rec: PidRecord, sync_dir: bool, durable: bool = True
+) -> str:
+    """Publish ``rec`` atomically as ``pids_dir/<mock id>``; returns the path.
+    With ``durable=False`` it is visible at once but not yet fsynced."""
+    path = os.path.join(pids_dir, rec.mock_id)
+    atomic_write(path, rec.to_bytes(), tmp_dir, sync_dir, durable)
+    return path
 
 
 def read_pid_file(path: str) -> PidRecord:

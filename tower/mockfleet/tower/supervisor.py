@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mockfleet.tower import policy
+from mockfleet.tower.durable import Syncer
 from mockfleet.tower.events import EventLog, log
 from mockfleet.tower.linux import (
     IN_CLOSE_WRITE,
@@ -43,7 +44,6 @@ from mockfleet.tower.triggers import (
     atomic_write,
     check_mock_id,
     ensure_dirs,
-    fsync_dir,
     parse_start,
     parse_upgrade,
     read_trigger_bytes,
@@ -159,6 +159,9 @@ class Tower:
         self.deferred: set[str] = set()  # ids waiting for their not_before
         self.inflight: dict[str, Mock] = {}
         self.to_commit: list[Mock] = []
+        #: running mocks whose PID file is not yet durable: id -> (sync ticket, mock);
+        #: their start triggers are deleted once it is
+        self.syncing: dict[str, tuple[int, Mock]] = {}
         self.early_exits: dict[int, int] = {}
         self.free_slots = list(range(cfg.max_mocks - 1, -1, -1))
         self.used_slots: set[int] = set()
@@ -212,6 +215,8 @@ class Tower:
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
+        self.syncer = Syncer()
+        self.sel.register(self.syncer.fileno(), selectors.EVENT_READ, self._on_synced)
         self.inotify = Inotify()
         mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR
         self.wd_start = self.inotify.add_watch(self.dirs["start"], mask)
@@ -276,7 +281,12 @@ class Tower:
             self._step()
             if self.shutting_down and self._shutdown_complete():
                 break
-            if self.upgrade_to is not None and not self.inflight and not self.to_commit:
+            if (
+                self.upgrade_to is not None
+                and not self.inflight
+                and not self.to_commit
+                and not self.syncing
+            ):
                 self._exec_upgrade()
         self._final_cleanup()
         return 0
@@ -399,7 +409,8 @@ class Tower:
             mock_id = next(iter(self.pending))
             if mock_id in self.mocks:
                 del self.pending[mock_id]
-                self._unlink(self._start_path(mock_id))
+                if mock_id not in self.syncing:  # else deleted once its PID file is durable
+                    self._unlink(self._start_path(mock_id))
                 self.events.emit("start-ignored", mock=mock_id, reason="already running")
                 continue
             if not self.bucket.ready(now_mono):
@@ -522,20 +533,25 @@ class Tower:
             self.free_slots.append(slot)
 
     def commit_starts(self) -> None:
-        """Make a batch of PID files durable, then let the mocks run and delete
-        their triggers: a crash at any point neither loses nor doubles a start."""
+        """Publish a batch of PID files and let the mocks run; their triggers go
+        once the files are durable (``_on_synced``). A tower crash at any point
+        neither loses nor doubles a start: a mock runs only if its PID file
+        names it, and the next tower adopts it from that file."""
         if not self.to_commit:
             return
         batch, self.to_commit = self.to_commit, []
         now = time.time()
         mono = time.monotonic()
         written = []
+        paths = []
         for m in batch:
             m.started_at = now
             m.started_mono = mono
             rec = self._record(m)
             try:
-                write_pid_file(self.dirs["pids"], self.tmp, rec, sync_dir=False)
+                paths.append(
+                    write_pid_file(self.dirs["pids"], self.tmp, rec, sync_dir=False, durable=False)
+                )
             except OSError as exc:
                 self.events.emit("pidfile-failed", mock=m.id, reason=str(exc))
                 self._close_gate(m)  # uncommitted: it exits by itself
@@ -543,10 +559,10 @@ class Tower:
                 self.pending[m.id] = None
                 continue
             written.append(m)
-        fsync_dir(self.dirs["pids"])
+        ticket = self.syncer.submit(paths, self.dirs["pids"]) if paths else 0
         for m in written:
             self._close_gate(m)
-            self._unlink(self._start_path(m.id))
+            self.syncing[m.id] = (ticket, m)
             m.state = "running"
             self.events.emit(
                 "started",
@@ -564,6 +580,31 @@ class Tower:
             elif m.stop_requested:
                 self._signal(m, signal.SIGTERM)
                 self._arm_stop_deadline(m)
+
+    def _on_synced(self) -> None:
+        """PID files became durable: now their start triggers may go."""
+        done, errors = self.syncer.done()
+        ready = [mid for mid, (ticket, _m) in self.syncing.items() if ticket <= done]
+        if errors:
+            # Keep the triggers and try again: a trigger is only deleted once
+            # its PID file is on disk.
+            self.events.emit("pidfile-failed", reason="fsync: " + "; ".join(errors[:3]))
+            for mock_id in ready:
+                self.syncing[mock_id] = (sys.maxsize, self.syncing[mock_id][1])
+            self.at(1.0, lambda: self._resync(ready))
+            return
+        for mock_id in ready:
+            del self.syncing[mock_id]
+            self._unlink(self._start_path(mock_id))
+
+    def _resync(self, ids: list[str]) -> None:
+        ids = [mid for mid in ids if mid in self.syncing]
+        if ids:
+            ticket = self.syncer.submit(
+                [os.path.join(self.dirs["pids"], mid) for mid in ids], self.dirs["pids"]
+            )
+            for mid in ids:
+                self.syncing[mid] = (ticket, self.syncing[mid][1])
 
     def _record(self, m: Mock) -> PidRecord:
         return PidRecord(
@@ -684,6 +725,10 @@ class Tower:
                     self.early_exits.clear()
                 self.early_exits[pid] = status
                 continue
+            if status == 0 and not m.stop_requested:
+                # A clean exit may answer a stop file written after the read above
+                # (the mock saw it first): its event is queued by now, read it.
+                self._on_inotify()
             self.on_exit(m, status)
 
     def _on_zygote_exit(self, status: int) -> None:
@@ -737,6 +782,11 @@ class Tower:
             os.close(m.pidfd)
             m.pidfd = None
         self._close_gate(m)
+        entry = self.syncing.get(m.id)
+        if entry is not None and entry[1] is m:
+            # It ran and its exit is recorded: the start is done with, durable or not.
+            del self.syncing[m.id]
+            self._unlink(self._start_path(m.id))
         if m.stop_requested:
             self._unlink(os.path.join(self.dirs["stop"], m.id))
         self._account_counters(m)
@@ -797,6 +847,7 @@ class Tower:
         every waiting trigger (start-up, inotify overflow, SIGHUP)."""
         self.events.emit("rescan", startup=startup)
         pids_dir = self.dirs["pids"]
+        adopted: list[Mock] = []
         for name in sorted(os.listdir(pids_dir)):
             if name in self.mocks:
                 continue
@@ -812,7 +863,15 @@ class Tower:
                 self._unlink(path)
                 self.events.emit("pidfile-invalid", file=name, reason=str(exc))
                 continue
-            self._adopt_or_bury(rec)
+            m = self._adopt_or_bury(rec)
+            if m is not None:
+                adopted.append(m)
+        if adopted:
+            # A crashed tower may have left them written but not yet durable: make
+            # sure before any of their start triggers is deleted.
+            ticket = self.syncer.submit([os.path.join(pids_dir, m.id) for m in adopted], pids_dir)
+            for m in adopted:
+                self.syncing[m.id] = (ticket, m)
         if startup:
             self.reap()
         for name in sorted(os.listdir(self.dirs["start"])):
@@ -824,7 +883,8 @@ class Tower:
         if os.path.lexists(os.path.join(self.root, "upgrade")):
             self.on_upgrade()
 
-    def _adopt_or_bury(self, rec: PidRecord) -> None:
+    def _adopt_or_bury(self, rec: PidRecord) -> Mock | None:
+        """The adopted mock, or None when it was reported lost."""
         m = Mock(rec.mock_id, rec.lot, rec.index, rec.slot, restarts=rec.restarts)
         m.pid = rec.pid
         m.start_ticks = rec.start_ticks
@@ -846,7 +906,7 @@ class Tower:
             m.state = "running"
             m.slot = -1
             self.on_exit(m, None)  # lost: how it ended is unknown
-            return
+            return None
         m.state = "running"
         self.free_slots.remove(rec.slot)
         self.used_slots.add(rec.slot)
@@ -863,6 +923,7 @@ class Tower:
             child=m.child,
             version=m.version,
         )
+        return m
 
     # ------------------------------------------------------------------ upgrade
 
@@ -995,6 +1056,7 @@ class Tower:
         if self.http is not None:
             self.http.close()
         signal.set_wakeup_fd(-1)
+        self.syncer.close()
         log("tower stopped", exits=self.exit_counts)
 
     # ------------------------------------------------------------------ status

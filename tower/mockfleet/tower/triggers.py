@@ -221,9 +221,11 @@ def atomic_write(
     data: bytes,
     tmp_dir: str | os.PathLike[str] | None = None,
     sync_dir: bool = True,
+    durable: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` so readers see all of it or nothing: a temporary
-    file (in ``tmp_dir``, same filesystem) is fsynced, then renamed into place."""
+    file (in ``tmp_dir``, same filesystem) is fsynced, then renamed into place.
+    ``durable=False`` skips the fsyncs (the caller makes it durable later)."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     tmp_base = os.fspath(tmp_dir) if tmp_dir is not None else directory
@@ -234,14 +236,15 @@ def atomic_write(
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
     os.close(fd)
     os.rename(tmp, path)
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(directory)
 
 

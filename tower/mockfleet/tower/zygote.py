@@ -33,7 +33,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from mockfleet.tower.linux import proc_stat
+from mockfleet.tower.linux import proc_stat, set_process_name
 
 #: Exit code of a mock whose start was never committed (the tower died or
 #: shut down before writing its PID file). Nobody records it.
@@ -84,6 +84,7 @@ class Zygote:
         self.device = load_device(cfg["device"])
         self.counters = CounterFile(cfg["counters"], cfg["slots"])
         self.creds: tuple[int, int] | None = None
+        self._restart_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
         if cfg.get("run_as"):
             pw = pwd.getpwnam(cfg["run_as"])
             self.creds = (pw.pw_uid, pw.pw_gid)
@@ -131,11 +132,15 @@ class Zygote:
         out: list[tuple[dict[str, Any], int | None]] = []
         todo: list[tuple[dict[str, Any], Any]] = []
         refreeze = False
+        seen: dict[str, Any] = {}  # a batch mostly starts devices of one lot: look it up once
         for req in batch:
             mid = req["id"]
             try:
-                lot, fresh = prepare_lot(req["lot"])
-                refreeze |= fresh
+                lot = seen.get(req["lot"])
+                if lot is None:
+                    lot, fresh = prepare_lot(req["lot"])
+                    seen[req["lot"]] = lot
+                    refreeze |= fresh
                 todo.append((req, lot))
             except LotError as exc:
                 why = "invalid lot: " + "; ".join(exc.problems)
@@ -156,17 +161,18 @@ class Zygote:
         mid_pid = os.fork()
         if mid_pid == 0:  # the intermediate: fork the mocks, report them, vanish
             try:
+                set_process_name("mf-intermediate")
                 os.close(report_r)
-                lines = []
-                for i, (req, lot) in enumerate(todo):
+                # Fork them all first: every page this process writes between two
+                # forks is copied (copy-on-write), so the loop does next to nothing.
+                pids = [0] * len(todo)
+                for i in range(len(todo)):
                     pid = os.fork()
                     if pid == 0:
-                        os.close(report_w)
-                        for j, (r, w) in enumerate(gates):
-                            os.close(w)
-                            if j != i:
-                                os.close(r)
-                        self._mock(req, lot, gates[i][0])
+                        self._mock_child(todo[i], gates, i, report_w)
+                    pids[i] = pid
+                lines = []
+                for pid in pids:
                     st = proc_stat(pid)  # still our child: it cannot be reaped yet
                     lines.append(f"{pid} {st.start_ticks if st else -1}")
                 data = ("\n".join(lines) + "\n").encode()
@@ -207,10 +213,31 @@ class Zygote:
                 "pid": pid,
                 "start_ticks": ticks,
                 "lot_name": lot.lot.name,
-                "restart": lot.lot.spec.restart.model_dump(mode="json"),
+                "restart": self._restart_policy(lot),
             }
             out.append((reply, gate_w))
         return out
+
+    def _restart_policy(self, lot: Any) -> dict[str, Any]:
+        """The lot's restart settings as JSON (cached: a model_dump per start is costly)."""
+        key = id(lot)
+        hit = self._restart_cache.get(key)
+        if hit is None or hit[0] is not lot:
+            hit = (lot, lot.lot.spec.restart.model_dump(mode="json"))
+            self._restart_cache[key] = hit
+        return hit[1]
+
+    def _mock_child(
+        self, item: tuple[dict[str, Any], Any], gates: list[tuple[int, int]], i: int, report_w: int
+    ) -> None:
+        """Right after the fork, in the mock: drop the other mocks' descriptors."""
+        set_process_name("mf-mock")
+        os.close(report_w)
+        for j, (r, w) in enumerate(gates):
+            os.close(w)
+            if j != i:
+                os.close(r)
+        self._mock(item[0], item[1], gates[i][0])
 
     def _mock(self, req: dict[str, Any], lot: Any, gate_r: int) -> None:
         """The mock process. Never returns."""
