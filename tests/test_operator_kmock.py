@@ -18,6 +18,8 @@ import pytest
 from support.k8s_emulator import KopfFriendlyEmulator
 from support.k8s_operator import OperatorProcess, wait_for, write_kubeconfig
 
+from mockfleet.operator.towerpods import PLAN_ANNOTATION
+
 NS = "default"
 LOTS = "mockfleet.dev/v1alpha1/mocklots"
 LOTS_URL = f"/apis/mockfleet.dev/v1alpha1/namespaces/{NS}/mocklots"
@@ -151,6 +153,23 @@ async def test_lot_gets_plan_towers_and_status(cluster: Cluster) -> None:
     assert any(k.startswith("mockfleet.dev/") for k in annotations)
     assert not any(k.startswith("kopf.zalando.org/") for k in annotations)
 
+    # A tower pod gets the plan's version noted, so its kubelet refreshes the volume now.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "meters-tower-a", "labels": ds["spec"]["selector"]["matchLabels"]},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": "Pending"},
+    }
+    await cluster.send("POST", f"/api/v1/namespaces/{NS}/pods", pod, "application/json")
+
+    def noted() -> str | None:
+        found = cluster.obj("v1/pods", "meters-tower-a") or {}
+        return (found["metadata"].get("annotations") or {}).get(PLAN_ANNOTATION)
+
+    version = cm["metadata"]["resourceVersion"]
+    assert await cluster.wait(lambda: noted() == version, "the plan version on the pod")
+
     # Scale: 70 -> 120 with a 50-per-tower cap leaves 20 unassigned, and says so.
     await cluster.send(
         "PATCH", f"{LOTS_URL}/meters", {"spec": {"devices": 120}}, "application/merge-patch+json"
@@ -173,6 +192,9 @@ async def test_lot_gets_plan_towers_and_status(cluster: Cluster) -> None:
     assert cond["reason"] == "CapacityExceeded"
     assert "20 of 120" in cond["message"]
     assert cluster.obj(LOTS, "meters")["status"]["observedGeneration"] == 2  # type: ignore[index]
+    new_version = cluster.obj("v1/configmaps", "meters-plan")["metadata"]["resourceVersion"]  # type: ignore[index]
+    assert new_version != version
+    assert await cluster.wait(lambda: noted() == new_version, "the new plan version on the pod")
 
 
 async def test_invalid_lot_is_reported_not_retried(cluster: Cluster) -> None:
