@@ -41,11 +41,17 @@ def test_upgrade_re_execs_in_place_and_keeps_every_mock(base: Path) -> None:
     lot = write_lot(base / "lot.yaml", "up", {})
     artifact = base / "mockfleet-9.9.9.zip"
     sha = build_artifact(artifact)
-    tower = TowerProc(root, "--stop-grace", "2s")
+    tower = TowerProc(root, "--stop-grace", "2s", "--http", "127.0.0.1:0")
     tower.wait_ready()
-    for i in range(10):
+    for i in range(11):
         write_start(root, f"u{i}", lot, i)
-    wait_for(lambda: len(pids(root)) == 10, 30)
+    wait_for(lambda: len(pids(root)) == 11, 30)
+    # One ends before the upgrade: its counters and exit live in the old tower's memory.
+    write_stop(root, "u10")
+    wait_for(lambda: len(exits(tower.events())) == 1, 30)
+    old_status = tower.status()
+    old_lot = old_status["lots"]["up"]
+    assert old_lot["exits"] == {"stopped": 1} and old_lot["sent"] > 0
     before = pids(root)
     write_upgrade(root, "9.9.9", str(artifact), sha)
 
@@ -64,17 +70,27 @@ def test_upgrade_re_execs_in_place_and_keeps_every_mock(base: Path) -> None:
     assert {e["mock"] for e in adopted} == set(before) and all(e["child"] for e in adopted)
     assert pids(root) == before  # none restarted
     assert {p.pid for p in psutil.Process(tower.pid).children()} >= set(before.values())
+    # /status stays monotonic: ended mocks' totals and exits survived the exec.
+    new_status = tower.status()
+    assert new_status["version"] == "9.9.9" and new_status["pid"] == tower.pid
+    assert new_status["exits"] == old_status["exits"] == {"stopped": 1}
+    new_lot = new_status["lots"]["up"]
+    assert new_lot["exits"] == {"stopped": 1}
+    for key in ("sent", "bytes"):
+        assert new_lot[key] >= old_lot[key], (key, new_lot, old_lot)
+    assert not (root / "handover.json").exists()
     # New mocks start on the new version; old ones are still reaped with exit codes.
     write_start(root, "new", lot, 99)
     wait_for(lambda: "new" in pids(root), 30)
     assert json.loads((root / "pids" / "new").read_text())["version"] == "9.9.9"
     for mock_id in ("u0", "u1", "u2"):
         write_stop(root, mock_id)
-    wait_for(lambda: len(exits(tower.events())) == 3, 30)
+    wait_for(lambda: len(exits(tower.events())) == 4, 30)
     for e in exits(tower.events()):
         assert e["reason"] == "stopped" and (e.get("exit_code") == 0 or e.get("signal") == 15)
+    assert tower.status()["lots"]["up"]["exits"] == {"stopped": 4}
     assert tower.stop() == 0
-    assert len(exits(tower.events())) == 11
+    assert len(exits(tower.events())) == 12
 
 
 def test_upgrade_with_a_wrong_checksum_changes_nothing(base: Path) -> None:

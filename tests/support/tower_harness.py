@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,16 @@ class TowerProc:
             timeout,
         )
         assert self.proc.poll() is None, self.log()
+
+    def status(self) -> dict[str, Any]:
+        """GET /status from the address the latest ``tower-started`` announced
+        (the tower must run with ``--http``)."""
+        started = [e for e in self.events() if e["event"] == "tower-started"]
+        assert started and started[-1].get("http"), "the tower runs without --http"
+        url = f"http://{started[-1]['http']}/status"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+        return doc
 
     def log(self) -> str:
         if not self.stderr.closed:

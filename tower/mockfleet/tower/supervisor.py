@@ -53,6 +53,8 @@ from mockfleet.tower.triggers import (
 from mockfleet.tower.zygote_client import ZygoteClient
 
 DEFAULT_DEVICE = "mockfleet.mock.runtime:run_device"
+#: What a tower hands to itself across an in-place upgrade (``ROOT/handover.json``).
+HANDOVER = "handover.json"
 
 
 def running_version() -> str:
@@ -252,6 +254,7 @@ class Tower:
                 self.planwatch.fileno(), selectors.EVENT_READ, self.planwatch.on_readable
             )
         previous = os.environ.pop("MOCKFLEET_TOWER_PREVIOUS", None)
+        self._take_handover()
         self.events.emit(
             "tower-started",
             pid=self.me,
@@ -954,6 +957,46 @@ class Tower:
         self.events.emit("upgrade-installed", version=req.version, path=site)
         self.upgrade_to = (req.version, site)
 
+    def _write_handover(self) -> None:
+        """Counters of ended mocks live in memory only: hand them to the tower
+        this process becomes, so /status stays monotonic across an upgrade."""
+        state = {
+            "pid": self.me,
+            "boot_id": self.boot,
+            "lot_totals": self.lot_totals,
+            "lot_exits": self.lot_exits,
+            "exit_counts": self.exit_counts,
+        }
+        data = (json.dumps(state, separators=(",", ":")) + "\n").encode()
+        # read back by this very process after execve: visible is enough
+        atomic_write(os.path.join(self.root, HANDOVER), data, self.tmp, durable=False)
+
+    def _take_handover(self) -> None:
+        """Adopt the counters a previous incarnation of this process left
+        (same PID, same boot); anything else is stale and dropped."""
+        path = os.path.join(self.root, HANDOVER)
+        try:
+            with open(path, "rb") as f:
+                state = json.loads(f.read(16 * 1024 * 1024))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self._unlink(path)
+            self.events.emit("handover-invalid", reason=str(exc))
+            return
+        self._unlink(path)
+        if not isinstance(state, dict) or state.get("pid") != self.me:
+            return
+        if state.get("boot_id") != self.boot:
+            return
+        try:
+            self.lot_totals = _counts_by_name(state.get("lot_totals"))
+            self.lot_exits = _counts_by_name(state.get("lot_exits"))
+            self.exit_counts = _counts(state.get("exit_counts"))
+        except ValueError as exc:
+            self.lot_totals, self.lot_exits, self.exit_counts = {}, {}, {}
+            self.events.emit("handover-invalid", reason=str(exc))
+
     def _exec_upgrade(self) -> None:
         assert self.upgrade_to is not None
         version, site = self.upgrade_to
@@ -966,6 +1009,10 @@ class Tower:
         )
         self.events.flush()
         self._stop_zygote(timeout=5.0)
+        self._write_handover()
+        if self.http is not None and self.cfg.http is not None and self.cfg.http[1] == 0:
+            # keep the port picked at start-up: clients polling /status find us again
+            self.cfg.http = (self.cfg.http[0], int(self.http.address.rsplit(":", 1)[1]))
         env = dict(os.environ)
         old = env.get("MOCKFLEET_TOWER_BASE_PYTHONPATH", env.get("PYTHONPATH", ""))
         env["MOCKFLEET_TOWER_BASE_PYTHONPATH"] = old
@@ -1131,4 +1178,21 @@ class Tower:
         }
 
 
-__all__ = ["DEFAULT_DEVICE", "Tower", "TowerConfig"]
+def _counts(obj: Any) -> dict[str, int]:
+    if not isinstance(obj, dict):
+        raise ValueError("counts must be an object")
+    out: dict[str, int] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"count {key!r} is not an integer")
+        out[key] = value
+    return out
+
+
+def _counts_by_name(obj: Any) -> dict[str, dict[str, int]]:
+    if not isinstance(obj, dict):
+        raise ValueError("counts by name must be an object")
+    return {str(name): _counts(counts) for name, counts in obj.items()}
+
+
+__all__ = ["DEFAULT_DEVICE", "HANDOVER", "Tower", "TowerConfig"]
