@@ -144,13 +144,20 @@ def no_leftovers(extra_pids: set[int] | None = None) -> Iterator[set[int]]:
     """Assert that the test leaves no processes behind (tracked = pids the test
     knows are mocks that may have been re-parented away from us)."""
     tracked: set[int] = set(extra_pids or ())
+    # processes that were there before (session fixtures such as a shared MQTT
+    # broker) are not this test's leftovers and must survive it
+    before = {p.pid for p in descendants()}
     try:
         yield tracked
     finally:
         leftovers = []
 
         def alive() -> list[Any]:
-            found = [p for p in descendants() if p.status() != psutil.STATUS_ZOMBIE]
+            found = [
+                p
+                for p in descendants()
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
+            ]
             for pid in tracked:
                 with contextlib.suppress(psutil.Error):
                     p = psutil.Process(pid)
@@ -168,6 +175,8 @@ def no_leftovers(extra_pids: set[int] | None = None) -> Iterator[set[int]]:
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
-        zombies = [p for p in descendants() if p.status() == psutil.STATUS_ZOMBIE]
+        zombies = [
+            p for p in descendants() if p.pid not in before and p.status() == psutil.STATUS_ZOMBIE
+        ]
         assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
         assert not zombies, f"zombies left behind: {[p.pid for p in zombies]}"
