@@ -220,12 +220,17 @@ class Sim:
             time.sleep(0.5)  # this process also hosts the API server and kubelets
 
 
+#: processes this test process had before the cluster (e.g. a session MQTT
+#: broker from other tests): not the cluster's, so never counted as left over
+_PREEXISTING: set[int] = set()
+
+
 def live_children() -> list[psutil.Process]:
     """Live processes started by this test process (zombies excluded)."""
     alive = []
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.pid not in _PREEXISTING and proc.status() != psutil.STATUS_ZOMBIE:
                 alive.append(proc)
     return alive
 
@@ -233,6 +238,7 @@ def live_children() -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     work = tmp_path_factory.mktemp("sim-cluster")
+    _PREEXISTING.update(p.pid for p in psutil.Process().children(recursive=True))
     trace = logging.FileHandler(work / "cluster.log")
     trace.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     sim_log.addHandler(trace)
