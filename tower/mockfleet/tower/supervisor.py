@@ -435,10 +435,10 @@ class Tower:
                 self.deferred.add(mock_id)
                 self.at(wait, lambda m=mock_id: self._undefer(m))  # type: ignore[misc]
                 continue
-            if not self.free_slots:
+            slot = self._take_slot()
+            if slot is None:
                 self.events.emit("capacity", mock=mock_id, max_mocks=self.cfg.max_mocks)
                 return
-            slot = self.free_slots.pop()
             request = {
                 "op": "start",
                 "id": mock_id,
@@ -447,7 +447,7 @@ class Tower:
                 "slot": slot,
             }
             if not self.zygote.send(request):
-                self.free_slots.append(slot)
+                self.free_slots.append(slot)  # not in used_slots yet: simply put back
                 return
             self.bucket.consume()
             del self.pending[mock_id]
@@ -529,6 +529,15 @@ class Tower:
         if m.pid:
             self.by_pid.pop(m.pid, None)
         self._free_slot(m.slot)
+
+    def _take_slot(self) -> int | None:
+        """A free counter slot, or None at capacity. Adopted mocks' slots are
+        only marked used (a list remove per adoption is O(n)), so skip them."""
+        while self.free_slots:
+            slot = self.free_slots.pop()
+            if slot not in self.used_slots:
+                return slot
+        return None
 
     def _free_slot(self, slot: int) -> None:
         if slot in self.used_slots:
@@ -911,8 +920,7 @@ class Tower:
             self.on_exit(m, None)  # lost: how it ended is unknown
             return None
         m.state = "running"
-        self.free_slots.remove(rec.slot)
-        self.used_slots.add(rec.slot)
+        self.used_slots.add(rec.slot)  # its stale entry in free_slots is skipped
         self.mocks[m.id] = m
         self.by_pid[m.pid] = m
         if m.pidfd is not None:
