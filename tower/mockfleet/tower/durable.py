@@ -10,8 +10,9 @@ triggers. A machine crash (the only thing durability is for) kills the mocks
 as well, so the order that matters is "PID file durable, then trigger gone":
 after a reboot a start is either still queued or recorded as ``lost``.
 
-Small batches are fsynced file by file; large ones with one ``syncfs`` of
-the file system, which costs about the same whatever the batch size.
+The thread lets a batch gather for a moment, then fsyncs small batches file
+by file and large ones with one ``syncfs`` of the file system, which costs
+about the same whatever the batch size.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 
 from mockfleet.tower.linux import syncfs
 
-#: From this many files on, one syncfs is cheaper than an fsync each.
-SYNCFS_FROM = 64
+#: From this many files on, one syncfs is cheaper than an fsync each (each
+#: fsync is a journal commit, and the loop's creates and unlinks queue behind
+#: commits: measured, the tower's CPU per start fell by a third).
+SYNCFS_FROM = 16
+#: How long the thread lets a batch grow before syncing it (seconds): in a
+#: burst one commit then covers hundreds of PID files.
+GATHER = 0.05
 
 
 def fsync_path(path: str) -> None:
@@ -47,8 +54,9 @@ class Syncer:
     directories that name them.
     """
 
-    def __init__(self, sync_from: int = SYNCFS_FROM) -> None:
+    def __init__(self, sync_from: int = SYNCFS_FROM, gather: float = GATHER) -> None:
         self._sync_from = sync_from
+        self._gather = gather
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)  # a full pipe already says "look"
@@ -98,6 +106,10 @@ class Syncer:
                     self._cv.wait()
                 if self._closing:
                     return
+            if self._gather:
+                # a burst: let more arrive so one journal commit covers them all
+                time.sleep(self._gather)
+            with self._cv:
                 paths, self._paths = self._paths, []
                 dirs, self._dirs = self._dirs, set()
                 ticket = self._submitted
