@@ -54,7 +54,7 @@ def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[st
 
 
 def test_200_devices_everything_sent_arrives(tmp_path: Path) -> None:
-    lot = write_lot(tmp_path, 200, free_port())
+    lot = write_lot(tmp_path, 200, free_port(), envelope={"scheduledAtField": "due_at"})
     report = tmp_path / "report.json"
     r = run([str(lot), "--report", str(report), "--max-loss", "0"])
     assert r.returncode == 0, r.stdout + r.stderr
@@ -64,6 +64,7 @@ def test_200_devices_everything_sent_arrives(tmp_path: Path) -> None:
     assert rep["received"] == rep["sent"]
     assert rep["lost"] == 0 and rep["duplicates"] == 0 and rep["lost_in_transit"] == 0
     assert rep["receiver"]["devices"] == 200
+    assert rep["schedule_lag_ms"]["count"] == rep["received"]
     assert "OK: all checks passed" in r.stdout
 
 

@@ -96,6 +96,7 @@ def build_report(
             reordered=receiver.get("reordered", 0),
             malformed=receiver.get("malformed", 0),
             latency_ms=receiver.get("latency_ms", {}),
+            schedule_lag_ms=receiver.get("schedule_lag_ms"),
             receiver=receiver,
         )
     else:
