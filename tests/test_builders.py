@@ -286,3 +286,36 @@ def test_is_subset_decides_when_to_write() -> None:
     assert is_subset({"a": {"b": [1, {"c": 2}]}}, {"a": {"b": [1, {"c": 2, "d": 3}], "e": 1}})
     assert not is_subset({"a": [1]}, {"a": [1, 2]})
     assert not is_subset({"a": 1}, {})
+
+
+def test_a_version_with_an_artifact_asks_towers_to_upgrade_in_place() -> None:
+    import pytest
+
+    from mockfleet.mock.lot import LotError
+    from mockfleet.operator.builders import build_plan
+    from mockfleet.tower.plan import parse_plan
+
+    sha = "AB" * 32
+    lot = make_lot(
+        version="0.3.0",
+        artifact={
+            "source": "s3://releases/mockfleet-0.3.0.zip",
+            "sha256": sha,
+            "endpointUrl": "http://127.0.0.1:9000",
+        },
+    )
+    plan = build_plan(lot, {"node-a": [(0, 10)]}, generation=4)
+    assert plan["upgrade"] == {
+        "version": "0.3.0",
+        "source": "s3://releases/mockfleet-0.3.0.zip",
+        "sha256": sha.lower(),
+        "endpoint_url": "http://127.0.0.1:9000",
+    }
+    # the tower's plan reader takes it as an upgrade request
+    up = parse_plan(json.loads(json.dumps(plan))).upgrade
+    assert up is not None and up.version == "0.3.0" and up.endpoint_url == "http://127.0.0.1:9000"
+    assert "upgrade" not in build_plan(make_lot(version="0.3.0"), {}, generation=1)
+    with pytest.raises(LotError, match="artifact is given but version is not"):
+        make_lot(artifact={"source": "/opt/mf.zip", "sha256": sha})
+    with pytest.raises(LotError, match="must be s3://bucket/key or an absolute path"):
+        make_lot(version="1", artifact={"source": "relative.zip", "sha256": sha})

@@ -407,6 +407,34 @@ class Toleration(_Model):
     tolerationSeconds: int | None = None
 
 
+class Artifact(_Model):
+    """Where towers fetch ``spec.version`` from to upgrade in place."""
+
+    source: str = Field(description="s3://bucket/key, or an absolute path on the nodes.")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    endpointUrl: str | None = Field(
+        default=None, description="An S3-compatible endpoint (http:// or https://)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            bucket, _, key = v[5:].partition("/")
+            if not bucket or not key:
+                raise ValueError(f"source {v!r} must look like s3://bucket/key")
+        elif not v.startswith("/"):
+            raise ValueError(f"source {v!r} must be s3://bucket/key or an absolute path")
+        return v
+
+    @field_validator("endpointUrl")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"endpointUrl {v!r} must be an http(s) URL")
+        return v
+
+
 class TowerSettings(_Model):
     """How towers run this lot on Kubernetes (ignored by ``mockfleet run``)."""
 
@@ -442,7 +470,13 @@ class LotSpec(_Model):
     sink: Sink = Field(default_factory=lambda: StdoutSink(type="stdout"))
     restart: Restart = Field(default_factory=Restart)
     paused: bool = False
-    version: str | None = Field(default=None, description="mockfleet version towers run.")
+    version: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="mockfleet version towers run; with artifact, changing it upgrades "
+        "running towers in place (no device restarts).",
+    )
+    artifact: Artifact | None = Field(default=None, description="Where to fetch version from.")
     tower: TowerSettings = Field(default_factory=TowerSettings)
 
     @field_validator("variables")
@@ -504,6 +538,8 @@ class LotSpec(_Model):
                         )
         elif self.initialState is not None:
             raise ValueError("initialState is given but there are no states")
+        if self.artifact is not None and self.version is None:
+            raise ValueError("artifact is given but version is not: say which version it holds")
         if self.payload.bulk > 1 and not isinstance(self.payload.template, dict):
             raise ValueError("payload.bulk needs a JSON object template")
         if (

@@ -43,8 +43,9 @@ def lot_document(lot: MockLot) -> dict[str, Any]:
 def build_plan(
     lot: MockLot, assignment: Mapping[str, Sequence[Sequence[int]]], generation: int | None = None
 ) -> dict[str, Any]:
-    """What towers read: which device ranges each node runs, and whether to run at all."""
-    return {
+    """What towers read: which device ranges each node runs, whether to run at all,
+    and (with an artifact) the version to upgrade to in place."""
+    plan: dict[str, Any] = {
         "generation": generation,
         "lot": lot.name,
         "version": lot.spec.version,
@@ -55,6 +56,17 @@ def build_plan(
             for node, ranges in sorted(assignment.items())
         },
     }
+    artifact = lot.spec.artifact
+    if artifact is not None and lot.spec.version is not None:
+        upgrade = {
+            "version": lot.spec.version,
+            "source": artifact.source,
+            "sha256": artifact.sha256.lower(),
+        }
+        if artifact.endpointUrl:
+            upgrade["endpoint_url"] = artifact.endpointUrl
+        plan["upgrade"] = upgrade
+    return plan
 
 
 def build_plan_configmap(
