@@ -13,7 +13,15 @@ from __future__ import annotations
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from mockfleet.mock.fieldtypes import Duration
 
@@ -22,6 +30,16 @@ GEN_KEY = "$gen"
 #: Which clock a time-based generator reads: wall (simulated) time, time since
 #: the device started, or time since the device entered its current state.
 ClockName = Literal["absolute", "elapsed", "state"]
+
+
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError("must be greater than 0")
+    return v
+
+
+#: A duration that must be longer than zero (periods, half-lives).
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 
 
 class _Gen(BaseModel):
@@ -104,20 +122,13 @@ class Sine(_Gen):
     """offset + amplitude * sin(2*pi*(t - phase)/period) + normal noise."""
 
     gen: Literal["sine"] = Field(alias="$gen")
-    period: Duration
+    period: PositiveDuration
     amplitude: float = 1
     offset: float = 0
     phase: Duration = 0
     noise: float = Field(default=0, ge=0, description="Standard deviation of added noise.")
     randomPhase: bool = Field(default=False, description="Give each device its own phase.")
     clock: ClockName = "absolute"
-
-    @field_validator("period")
-    @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("period must be greater than 0")
-        return v
 
 
 class Ramp(_Gen):
@@ -126,16 +137,9 @@ class Ramp(_Gen):
     gen: Literal["ramp"] = Field(alias="$gen")
     start: float = 0
     end: float = 1
-    period: Duration
+    period: PositiveDuration
     repeat: bool = True
     clock: ClockName = "elapsed"
-
-    @field_validator("period")
-    @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("period must be greater than 0")
-        return v
 
 
 class Decay(_Gen):
@@ -144,15 +148,8 @@ class Decay(_Gen):
     gen: Literal["decay"] = Field(alias="$gen")
     start: float = 100
     target: float = 0
-    halfLife: Duration
+    halfLife: PositiveDuration
     clock: ClockName = "elapsed"
-
-    @field_validator("halfLife")
-    @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("halfLife must be greater than 0")
-        return v
 
 
 class WeightedOption(BaseModel):
@@ -199,7 +196,7 @@ class Curve(_Gen):
     """
 
     gen: Literal["curve"] = Field(alias="$gen")
-    period: Duration
+    period: PositiveDuration
     points: list[tuple[Any, float]] = Field(min_length=1)
     fractions: bool = False
     clock: ClockName = "absolute"
@@ -208,8 +205,6 @@ class Curve(_Gen):
     def _check(self) -> Curve:
         from mockfleet.mock.durations import parse_duration
 
-        if self.period <= 0:
-            raise ValueError("period must be greater than 0")
         last = -1.0
         for i, (at, _value) in enumerate(self.points):
             t = float(at) if self.fractions else parse_duration(at)
