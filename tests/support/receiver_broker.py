@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from support.sink_broker import MOSQUITTO, _accepts
+from support.sink_broker import _free_port as free_port
 
 
 @dataclass(frozen=True)
@@ -19,20 +18,6 @@ class Broker:
     host: str
     port: int
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
