@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import http.client
 import json
 import math
@@ -62,7 +61,6 @@ import threading
 import time
 import urllib.request
 import xmlrpc.client
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,12 +466,9 @@ def write_start_cost(workdir: Path, lot: Path, n: int = 50) -> float:
 
 def build_artifact(path: Path) -> str:
     """A zip of the current mockfleet.tower and mockfleet.mock sources (as the tests do)."""
-    with zipfile.ZipFile(path, "w") as zf:
-        for component in ("tower", "mock"):
-            top = REPO / component
-            for file in sorted((top / "mockfleet").rglob("*.py")):
-                zf.write(file, str(file.relative_to(top)))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from mockfleet.tower.upgrade import build_artifact as pack
+
+    return pack(path, [str(REPO / "tower"), str(REPO / "mock")])
 
 
 def exit_latencies(events: list[dict[str, Any]], killed: dict[int, float]) -> list[float]:

@@ -3,10 +3,8 @@ restarted, all still reaped afterwards); a bad checksum changes nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from support.polling import wait_for
 from support.tower_harness import TowerProc, exits, no_leftovers, pids, write_lot
 
 from mockfleet.tower.triggers import write_start, write_stop, write_upgrade
+from mockfleet.tower.upgrade import build_artifact as _build_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,12 +27,7 @@ def base(tmp_path: Path) -> Iterator[Path]:
 
 def build_artifact(path: Path) -> str:
     """A zip of the current mockfleet.tower and mockfleet.mock sources."""
-    with zipfile.ZipFile(path, "w") as zf:
-        for component in ("tower", "mock"):
-            top = REPO / component
-            for file in sorted((top / "mockfleet").rglob("*.py")):
-                zf.write(file, str(file.relative_to(top)))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return _build_artifact(path, [str(REPO / "tower"), str(REPO / "mock")])
 
 
 def test_upgrade_re_execs_in_place_and_keeps_every_mock(base: Path) -> None:

@@ -56,6 +56,22 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def build_artifact(path: str | os.PathLike[str], source_roots: list[str]) -> str:
+    """Pack the ``mockfleet`` package trees found under each of ``source_roots``
+    (namespace roots such as a checkout's ``tower/`` and ``mock/``) into a zip
+    artifact at ``path``, in the layout :func:`install` expects; return its
+    SHA-256 for the upgrade trigger."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for top in source_roots:
+            base = os.path.join(top, "mockfleet")
+            for dirpath, _dirs, files in sorted(os.walk(base)):
+                for name in sorted(files):
+                    if name.endswith(".py"):
+                        full = os.path.join(dirpath, name)
+                        zf.write(full, os.path.relpath(full, top))
+    return sha256_file(os.fspath(path))
+
+
 def _extract(archive: str, target: str) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
