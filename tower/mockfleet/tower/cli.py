@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from mockfleet.mock.durations import parse_duration, parse_size
+from mockfleet.tower import argtypes
 
 _RESTART_FLAGS = {
     "restart_policy": "policy",
@@ -18,67 +18,25 @@ _RESTART_FLAGS = {
 }
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT such as 127.0.0.1:9100, got {text!r}")
-    return host, int(port)
-
-
 def add_tower_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="State and trigger directory (created 0700).")
     p.add_argument(
         "--max-start-rate",
-        type=_rate,
+        type=argtypes.positive,
         default=None,
         metavar="R",
         help="Start at most R mocks a second (default: unlimited); the rest wait in start/.",
     )
     p.add_argument(
         "--stop-grace",
-        type=_duration,
+        type=argtypes.duration,
         default=10.0,
         metavar="S",
         help="Time a mock has to stop before it is killed (default 10s).",
     )
     p.add_argument(
         "--http",
-        type=_hostport,
+        type=argtypes.hostport,
         default=None,
         metavar="HOST:PORT",
         help="Serve /healthz, /status and /metrics (e.g. 127.0.0.1:9100).",
@@ -91,21 +49,21 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rlimit-as",
-        type=_size,
+        type=argtypes.size,
         default=None,
         metavar="SIZE",
         help="Address-space limit per mock (e.g. 512MiB).",
     )
     p.add_argument(
         "--rlimit-nofile",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         metavar="N",
         help="Open-file limit per mock.",
     )
     p.add_argument(
         "--max-mocks",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=32768,
         metavar="N",
         help="Capacity: counter slots, so at most N mocks at once (default 32768).",
@@ -121,21 +79,21 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--restart-backoff",
-        type=_duration,
+        type=argtypes.duration,
         default=None,
         metavar="S",
         help="Override the first restart delay.",
     )
     p.add_argument(
         "--restart-max-backoff",
-        type=_duration,
+        type=argtypes.duration,
         default=None,
         metavar="S",
         help="Override the longest restart delay.",
     )
     p.add_argument(
         "--restart-reset-after",
-        type=_duration,
+        type=argtypes.duration,
         default=None,
         metavar="S",
         help="Override how long a run must last to reset the backoff.",

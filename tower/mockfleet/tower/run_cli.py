@@ -5,45 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mockfleet.mock.durations import parse_duration
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    except ValueError:
-        msg = f"expected a fraction such as 0.01 or 1%, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1 (0% and 100%)")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
+from mockfleet.tower.argtypes import count as _count
+from mockfleet.tower.argtypes import duration as _duration
+from mockfleet.tower.argtypes import fraction as _fraction
+from mockfleet.tower.argtypes import positive as _positive
 
 
 def cmd_run(args: argparse.Namespace) -> int:
