@@ -246,7 +246,9 @@ class Zygote:
         """The mock process. Never returns."""
         code = 1
         try:
-            os.setsid()  # own session and process group: killpg reaches all of it
+            # Its own process group (killpg reaches all of it), but the zygote's
+            # session: see own_session.
+            os.setpgid(0, 0)
             # Devices run a little below the tower: when thousands of them share a
             # busy machine, the supervisor (exit detection, stops) and a receiver
             # on the same machine still get the CPU first.
@@ -292,10 +294,26 @@ class Zygote:
             os._exit(code)
 
 
+def own_session() -> None:
+    """Put the zygote, and so every mock it forks, in a session of its own.
+
+    Where the kernel groups tasks into scheduling autogroups by session (the
+    default on hosts where processes sit in the root CPU cgroup), every
+    session competes as one: mocks in thousands of sessions of their own would
+    each weigh as much as the tower and a receiver beside it, and their nice
+    value would count for nothing. In one shared session the whole fleet weighs
+    as one, so exit detection and the receiver keep getting the CPU when the
+    devices saturate it. Inside a container's CPU cgroup this changes nothing.
+    """
+    with contextlib.suppress(OSError):  # already a session leader: nothing to do
+        os.setsid()
+
+
 def main(argv: list[str]) -> int:
     cfg = json.loads(argv[1])
     sock = socket.socket(fileno=ZYGOTE_FD)
     os.set_inheritable(ZYGOTE_FD, False)
+    own_session()
     try:
         zygote = Zygote(cfg, sock)
     except Exception as exc:
