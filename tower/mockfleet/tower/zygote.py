@@ -33,6 +33,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+from mockfleet.tower import pymalloc_fill
 from mockfleet.tower.linux import proc_stat, set_process_name
 
 #: niceness added to every mock (see _mock)
@@ -161,6 +162,8 @@ class Zygote:
             gc.freeze()
         gates = [os.pipe() for _ in todo]
         report_r, report_w = os.pipe()
+        # Sends the children's small allocations to fresh pools (see pymalloc_fill).
+        placeholders = pymalloc_fill.fill()
         mid_pid = os.fork()
         if mid_pid == 0:  # the intermediate: fork the mocks, report them, vanish
             try:
@@ -183,6 +186,7 @@ class Zygote:
                     data = data[os.write(report_w, data) :]
             finally:
                 os._exit(0)
+        del placeholders
         os.close(report_w)
         for r, _w in gates:
             os.close(r)
