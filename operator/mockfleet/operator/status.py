@@ -20,8 +20,9 @@ SUCCEEDED = "Succeeded"
 TOWERS_READY = "TowersReady"
 DEVICES_ASSIGNED = "DevicesAssigned"
 DEGRADED = "Degraded"
+UPGRADED = "Upgraded"
 INVALID = "Invalid"
-CONDITION_TYPES = (READY, SUCCEEDED, TOWERS_READY, DEVICES_ASSIGNED, DEGRADED, INVALID)
+CONDITION_TYPES = (READY, SUCCEEDED, TOWERS_READY, DEVICES_ASSIGNED, DEGRADED, UPGRADED, INVALID)
 
 #: Counters a tower reports per lot, and the status field each one sums into.
 COUNTERS = {"running": "running", "failed": "failed", "succeeded": "succeeded", "sent": "messages"}
@@ -104,6 +105,95 @@ def sum_counters(reports: Iterable[TowerReport]) -> dict[str, int]:
     return totals
 
 
+def tower_versions(reports: Iterable[TowerReport]) -> list[dict[str, Any]]:
+    """How many answering towers run each version: ``[{"version", "towers"}]``, by version.
+
+    A list, not a map: the status is written as a merge patch, which would
+    keep a version no tower runs any more as a stale key of a map.
+    """
+    counts: dict[str, int] = {}
+    for report in reports:
+        version = (report.stats or {}).get("tower_version")
+        if isinstance(version, str) and version:
+            counts[version] = counts.get(version, 0) + 1
+    return [{"version": v, "towers": n} for v, n in sorted(counts.items())]
+
+
+@dataclass(frozen=True)
+class UpgradeFailure:
+    """Towers that refused one version for one reason."""
+
+    version: str
+    reason: str
+    nodes: tuple[str, ...]
+
+
+def upgrade_failures(
+    reports: Iterable[TowerReport], version: str | None = None
+) -> list[UpgradeFailure]:
+    """The failed upgrades the towers report, grouped by (version, reason).
+
+    With ``version`` (the lot's ``spec.version``) only failures to reach that
+    version count: one for a version the spec no longer asks for is history.
+    """
+    nodes: dict[tuple[str, str], list[str]] = {}
+    for report in reports:
+        error = (report.stats or {}).get("upgrade_error")
+        if not isinstance(error, Mapping):
+            continue
+        wanted = str(error.get("version") or "")
+        if version is not None and wanted != version:
+            continue
+        reason = str(error.get("reason") or "unknown reason")
+        nodes.setdefault((wanted, reason), []).append(report.node or report.pod)
+    return [
+        UpgradeFailure(v, reason, tuple(sorted(where)))
+        for (v, reason), where in sorted(nodes.items())
+    ]
+
+
+def upgrade_problem(failures: Sequence[UpgradeFailure]) -> str:
+    """One message for all failed upgrades (for the Degraded condition and its Event)."""
+    parts = []
+    for failure in failures:
+        towers = "tower" if len(failure.nodes) == 1 else "towers"
+        target = f"upgrade to {failure.version}" if failure.version else "upgrade"
+        where = f"{len(failure.nodes)} {towers} ({_listing(list(failure.nodes))})"
+        parts.append(f"{target} failed on {where}: {failure.reason}")
+    return "; ".join(parts)
+
+
+def upgrade_state(
+    versions: Sequence[Mapping[str, Any]],
+    failures: Sequence[UpgradeFailure],
+    version: str | None = None,
+) -> tuple[bool | None, str, str]:
+    """The ``Upgraded`` condition as (status, reason, message).
+
+    * False, ``UpgradeFailed``: a tower refused an upgrade (it runs on, on its version);
+    * False, ``InProgress``: the towers run different versions, or (with
+      ``version``, the lot's ``spec.version``) not yet that one;
+    * True, ``OneVersion``: every answering tower runs the same version;
+    * Unknown, ``NoTowerReports``: no tower said which version it runs.
+
+    Its own condition rather than only a ``Degraded`` reason: a flip posts an
+    Event, and ``Degraded`` may already be True for something else.
+    """
+    if failures:
+        return False, "UpgradeFailed", upgrade_problem(failures)
+    if not versions:
+        return None, "NoTowerReports", "no tower reported its version"
+    running = ", ".join(f"{v['version']} on {v['towers']}" for v in versions)
+    total = sum(int(v["towers"]) for v in versions)
+    if version is not None:
+        on_it = sum(int(v["towers"]) for v in versions if v["version"] == version)
+        if on_it < total:
+            return False, "InProgress", f"{on_it} of {total} towers on {version} ({running})"
+    if len(versions) > 1:
+        return False, "InProgress", f"towers run different versions: {running}"
+    return True, "OneVersion", f"{total} towers on {versions[0]['version']}"
+
+
 def _listing(items: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
@@ -119,8 +209,16 @@ def build_status(
     generation: int | None,
     selector: str,
     now: str,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """The full ``.status`` of a valid lot from its assignment and the towers' reports."""
+    """The full ``.status`` of a valid lot from its assignment and the towers' reports.
+
+    ``versions`` counts the towers per version they run (a rollout shows as two
+    entries) and the ``Upgraded`` condition sums it up (see :func:`upgrade_state`;
+    ``version`` is the lot's ``spec.version`` when the caller knows it). A
+    tower that refused an upgrade also makes the lot ``Degraded`` (reason
+    ``UpgradeFailed``), but not un-Ready: its devices run on, on its version.
+    """
     totals = sum_counters(reports)
     missing_ranges = unassigned(devices, assignment)
     n_unassigned = count(missing_ranges)
@@ -155,12 +253,19 @@ def build_status(
         problems.append(("DevicesUnassigned", f"{n_unassigned} devices unassigned"))
     if silent:
         problems.append(("TowersNotReporting", f"{len(silent)} towers not reporting"))
-    if problems:
-        reason = problems[0][0]
-        msg = "; ".join(p[1] for p in problems)
+    # Not a reason to be un-Ready: the devices run on, on the towers' current version.
+    failures = upgrade_failures(reports, version)
+    degraded = problems + ([("UpgradeFailed", upgrade_problem(failures))] if failures else [])
+    if degraded:
+        reason = degraded[0][0]
+        msg = "; ".join(p[1] for p in degraded)
         conds = set_condition(conds, DEGRADED, True, reason, msg, now, generation)
     else:
         conds = set_condition(conds, DEGRADED, False, "AsExpected", "", now, generation)
+
+    versions = tower_versions(reports)
+    up_to_date, reason, msg = upgrade_state(versions, failures, version)
+    conds = set_condition(conds, UPGRADED, up_to_date, reason, msg, now, generation)
 
     done = totals["succeeded"]
     up = totals["running"] + done
@@ -187,6 +292,7 @@ def build_status(
         "assigned": n_assigned,
         "unassigned": n_unassigned,
         "towers": len(answering),
+        "versions": versions,
         "selector": selector,
         **totals,
         "conditions": conds,

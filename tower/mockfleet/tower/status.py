@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from mockfleet.tower.upgrade import last_failure
 
 if TYPE_CHECKING:
     from mockfleet.tower.supervisor import Tower
@@ -52,6 +54,23 @@ class TowerCollector(Collector):
         yield info
 
 
+def status_document(
+    status: Mapping[str, Any], upgrade_error: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """The ``/status`` body: the tower's status plus its last failed upgrade.
+
+    The tower's version and ``upgrade_error`` are repeated in every lot's
+    entry (as ``tower_version`` and ``upgrade_error``): the operator reads one
+    lot's entry per tower, and a tower's version applies to all its lots.
+    """
+    error = dict(upgrade_error) if upgrade_error else None
+    lots = {
+        name: {**entry, "tower_version": status.get("version"), "upgrade_error": error}
+        for name, entry in (status.get("lots") or {}).items()
+    }
+    return {**status, "upgrade_error": error, "lots": lots}
+
+
 class StatusPages:
     def __init__(self, tower: Tower) -> None:
         self.tower = tower
@@ -65,7 +84,8 @@ class StatusPages:
             ok = not self.tower.shutting_down
             return (200 if ok else 503), "text/plain", b"ok\n" if ok else b"stopping\n"
         if path == "/status":
-            return 200, "application/json", json.dumps(self.tower.status()).encode() + b"\n"
+            doc = status_document(self.tower.status(), last_failure(self.tower.root))
+            return 200, "application/json", json.dumps(doc).encode() + b"\n"
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
         return 404, "text/plain", b"not found: try /healthz, /status or /metrics\n"

@@ -6,23 +6,28 @@ It is fetched (``s3://bucket/key`` with boto3, or a local absolute path),
 its SHA-256 checked, unpacked to ``ROOT/versions/<version>/`` and
 smoke-tested in a separate interpreter; only then does the tower re-exec
 with that directory first on PYTHONPATH. Any failure leaves the running
-version alone.
+version alone and is recorded in ``ROOT/upgrade-failed.json`` (the tower's
+``/status`` reports it as ``upgrade_error``) until an upgrade succeeds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import sys
 import time
 import zipfile
 
-from mockfleet.tower.triggers import UpgradeRequest
+from mockfleet.tower.triggers import UpgradeRequest, atomic_write
 
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 MAX_MEMBERS = 20000
 MARKER = ".mockfleet-version"
+#: The last failed upgrade (``ROOT/upgrade-failed.json``); removed by a successful one.
+FAILURE_FILE = "upgrade-failed.json"
 
 
 class UpgradeError(Exception):
@@ -134,7 +139,53 @@ def _smoke_test(site: str, timeout: float = 60.0) -> None:
 
 def install(root: str, req: UpgradeRequest) -> str:
     """Install ``req`` under ``root/versions`` and return the directory to put
-    first on PYTHONPATH. Raises UpgradeError and leaves nothing half-done."""
+    first on PYTHONPATH. Raises UpgradeError and leaves nothing half-done.
+
+    The outcome is recorded for :func:`last_failure`: a failure replaces the
+    record, a success removes it."""
+    try:
+        site = _install(root, req)
+    except UpgradeError as exc:
+        record_failure(root, req, str(exc))
+        raise
+    clear_failure(root)
+    return site
+
+
+def record_failure(root: str, req: UpgradeRequest, reason: str) -> None:
+    """Remember why ``req`` was not applied (read back by :func:`last_failure`)."""
+    record = {"version": req.version, "source": req.source, "reason": reason, "at": time.time()}
+    data = (json.dumps(record, sort_keys=True) + "\n").encode()
+    # Best effort: failing to note a failure must not hide the failure itself.
+    with contextlib.suppress(OSError):
+        tmp = os.path.join(root, "tmp")
+        atomic_write(os.path.join(root, FAILURE_FILE), data, tmp if os.path.isdir(tmp) else None)
+
+
+def clear_failure(root: str) -> None:
+    """Forget the last failure (an upgrade succeeded)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(root, FAILURE_FILE))
+
+
+def last_failure(root: str) -> dict[str, str] | None:
+    """The last upgrade that failed and was not followed by a successful one:
+    ``{"version", "source", "reason"}``, or None. An unreadable record is
+    reported as such rather than dropped: it still means an upgrade failed."""
+    path = os.path.join(root, FAILURE_FILE)
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read(64 * 1024))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return {"version": "", "source": "", "reason": f"{FAILURE_FILE} unreadable: {exc}"}
+    if not isinstance(obj, dict):
+        return {"version": "", "source": "", "reason": f"{FAILURE_FILE} is not an object"}
+    return {key: str(obj.get(key) or "") for key in ("version", "source", "reason")}
+
+
+def _install(root: str, req: UpgradeRequest) -> str:
     versions = os.path.join(root, "versions")
     os.makedirs(versions, mode=0o700, exist_ok=True)
     site = os.path.join(versions, req.version)
