@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,20 +52,39 @@ LOT = {
 }
 
 
-def tree_pss(root: psutil.Process) -> float:
-    """PSS MiB of a process tree (including re-parented devices)."""
+def tree_pids(root: int) -> list[int]:
+    """Every descendant of ``root`` (re-parented devices included), read from
+    /proc directly: processes come and go by the thousand here, and one that
+    vanishes mid-walk must not spoil the count."""
+    parent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may hold spaces and parentheses: split after the last ")"
+        parent[int(entry.name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    kids: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        kids.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def tree_pss(root: int) -> float:
+    """PSS MiB of a process tree."""
     pss = 0.0
-    for p in [root, *root.children(recursive=True)]:
+    for pid in [root, *tree_pids(root)]:
         with contextlib.suppress(psutil.Error):
-            pss += p.memory_full_info().pss
+            pss += psutil.Process(pid).memory_full_info().pss
     return pss / 2**20
-
-
-def count_tree(root: psutil.Process) -> int:
-    try:
-        return len(root.children(recursive=True))
-    except psutil.Error:
-        return 0
 
 
 def main() -> None:
@@ -94,7 +114,6 @@ def main() -> None:
         ]
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        root = psutil.Process(proc.pid)
         peak = {"pss": 0.0, "at": 0.0}
         stop = threading.Event()
 
@@ -107,11 +126,11 @@ def main() -> None:
             # count stops growing.
             last, flat = 0, 0
             while not stop.wait(2):
-                n = count_tree(root)
+                n = len(tree_pids(proc.pid))
                 flat = flat + 1 if n == last and n > args.devices // 2 else 0
                 last = n
                 if n >= args.devices + 2 or flat >= 3:  # devices + tower + zygote
-                    peak["pss"] = tree_pss(root)
+                    peak["pss"] = tree_pss(proc.pid)
                     peak["at"] = time.monotonic() - t0
                     return
 
