@@ -462,6 +462,28 @@ def test_no_upgrade_trigger_when_the_tower_runs_that_version(env: tuple[Path, Pa
         w.close()
 
 
+def test_a_restarted_tower_still_on_the_old_version_asks_again(env: tuple[Path, Path]) -> None:
+    """The state directory outlives a tower container; the version it runs does not."""
+    plan_dir, root = env
+    up = {"version": "0.9.0", "source": "/opt/mockfleet-0.9.0.tar.gz", "sha256": SHA}
+    publish(plan_dir, {NODE: [[0, 1]]}, upgrade=up)
+    w = PlanWatcher(plan_dir, root, NODE, tower_version=lambda: "0.8.0", log=Recorder())
+    try:
+        assert w.sync().upgrade == "0.9.0"
+        (root / "upgrade").unlink()  # consumed; the upgrade failed: still on 0.8.0
+        assert w.sync().upgrade is None  # not retried in a loop by the same tower
+        assert not (root / "upgrade").exists()
+    finally:
+        w.close()
+    # the container restarts on the image's 0.8.0 with the same state directory
+    w2 = PlanWatcher(plan_dir, root, NODE, tower_version=lambda: "0.8.0", log=Recorder())
+    try:
+        assert w2.sync().upgrade == "0.9.0"
+        assert json.loads((root / "upgrade").read_text()) == up
+    finally:
+        w2.close()
+
+
 def test_a_device_that_ended_on_its_own_is_not_restarted(watcher: Any) -> None:
     w, plan_dir, root, _ = watcher
     publish(plan_dir, {NODE: [[0, 4]]})

@@ -240,6 +240,8 @@ class PlanWatcher:
         self._last_error: str | None = None
         #: mock ids wanted again while their stop is in progress: their exit triggers a sync
         self._awaiting_exit: set[str] = set()
+        #: versions asked of the tower during this process's life (see _upgrade)
+        self._asked: set[str] = set()
         self._next_resync = 0.0
         self.syncs = 0
         self._watch_plan_dir()
@@ -395,14 +397,28 @@ class PlanWatcher:
         return result
 
     def _upgrade(self, plan: Plan, state: _LotState) -> str | None:
-        """Write the upgrade trigger once per requested version the tower does not run."""
+        """Write the upgrade trigger for a requested version the tower does not run.
+
+        Inside a tower (``tower_version`` known) it is asked once per version in
+        this process's life: a failed upgrade is not retried in a loop, but a
+        tower whose container restarted (the image's version again, the state
+        directory kept) asks again. Without a tower to ask, the ledger in the
+        state directory says whether it was asked before.
+        """
         req = plan.upgrade
-        if req is None or state.upgrade_requested == req.version:
+        if req is None:
             return None
         running = self.tower_version() if self.tower_version else None
         if running == req.version:
             state.upgrade_requested = req.version
             return None
+        if self.tower_version is not None:
+            asked_before = req.version in self._asked
+        else:
+            asked_before = state.upgrade_requested == req.version
+        if asked_before:
+            return None
+        self._asked.add(req.version)
         path = os.path.join(self.root, "upgrade")
         with contextlib.suppress(TriggerError):
             if parse_upgrade(read_trigger_bytes(path)) == req:
