@@ -61,6 +61,18 @@ def test_chart_lints(helm: Path, values: list[str]) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def node_verbs(role: dict[str, Any]) -> set[str]:
+    return {v for rule in role["rules"] if "nodes" in rule["resources"] for v in rule["verbs"]}
+
+
+@pytest.mark.parametrize("values", [[], NAMESPACED])
+def test_nodes_are_watched_cluster_wide_in_both_modes(helm: Path, values: list[str]) -> None:
+    # Nodes are cluster-scoped: even a namespaced operator needs a ClusterRole to watch them.
+    docs = render(helm, *values)
+    assert node_verbs(the(docs, "ClusterRole")) == {"get", "list", "watch"}
+    assert all(not node_verbs(role) for role in by_kind(docs, "Role"))
+
+
 @pytest.mark.parametrize("values", [[], NAMESPACED])
 def test_rendered_manifests_are_valid_kubernetes(helm: Path, values: list[str]) -> None:
     docs = render(helm, *values)

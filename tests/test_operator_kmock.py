@@ -7,7 +7,9 @@ status and Events it reports — through real HTTP and real kopf machinery.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -88,8 +90,9 @@ class Cluster:
         return await wait_for(check, DEADLINE, what, on_timeout=self.op.tail)
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+@contextlib.asynccontextmanager
+async def running_cluster(tmp_path: Path, status_interval: float) -> AsyncIterator[Cluster]:
+    """The emulator with three nodes (one NotReady) and the operator watching it."""
     async with KopfFriendlyEmulator() as api, kmock.Server(api) as server:
         api.resources[LOTS] = kmock.ResourceInfo(
             namespaced=True,
@@ -104,13 +107,29 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         api.put("v1/nodes", node("node-b"))
         api.put("v1/nodes", node("node-down", ready=False))
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.url))
-        op = OperatorProcess(kubeconfig, tmp_path / "operator.log", NS, status_interval=1.0)
+        op = OperatorProcess(
+            kubeconfig, tmp_path / "operator.log", NS, status_interval=status_interval
+        )
         c = Cluster(api, str(server.url), op)
         try:
             yield c
         finally:
             await c.http.close()
             op.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Status refreshed every second."""
+    async with running_cluster(tmp_path, status_interval=1.0) as c:
+        yield c
+
+
+@pytest.fixture
+async def quiet_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Status refreshed every 300 s: after the first pass only watches explain a change."""
+    async with running_cluster(tmp_path, status_interval=300.0) as c:
+        yield c
 
 
 async def test_lot_gets_plan_towers_and_status(cluster: Cluster) -> None:
@@ -224,3 +243,168 @@ async def test_invalid_lot_is_reported_not_retried(cluster: Cluster) -> None:
     await cluster.wait(lambda: timer_passes() >= 3, "three status passes")
     assert len(cluster.events("InvalidSpec")) == 1
     assert cluster.condition("broken", "Invalid")["lastTransitionTime"] == first  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- node watch
+
+PROMPT = 20.0  # "within a few seconds"; generous for a shared machine, far below 300 s
+MERGE = "application/merge-patch+json"
+
+
+def plan_nodes(cluster: Cluster, name: str) -> dict[str, list[list[int]]] | None:
+    found = cluster.obj("v1/configmaps", f"{name}-plan")
+    return json.loads(found["data"]["plan.json"])["nodes"] if found else None
+
+
+def timer_passes(cluster: Cluster, name: str) -> int:
+    return sum(
+        1
+        for line in cluster.op.log.read_text(encoding="utf-8").splitlines()
+        if "Timer 'lot_refresh' succeeded" in line and f'"name": "{name}"' in line
+    )
+
+
+async def moved_to(cluster: Cluster, name: str, expected: dict[str, Any], what: str) -> float:
+    """Seconds until the plan assigns exactly ``expected``; fails after PROMPT seconds."""
+    start = time.monotonic()
+    await wait_for(
+        lambda: plan_nodes(cluster, name) == expected,
+        PROMPT,
+        f"{what}: plan {expected}",
+        on_timeout=lambda: f"plan now: {plan_nodes(cluster, name)}\n{cluster.op.tail()}",
+    )
+    return time.monotonic() - start
+
+
+async def set_ready(cluster: Cluster, node_name: str, ready: bool) -> None:
+    status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    await cluster.send("PATCH", f"/api/v1/nodes/{node_name}", {"status": status}, MERGE)
+
+
+async def test_node_changes_move_devices_at_once(quiet_cluster: Cluster) -> None:
+    cluster = quiet_cluster
+    # 120 devices, at most 50 per tower, two Ready nodes: 20 cannot be placed.
+    await cluster.send("POST", LOTS_URL, lot("meters", 120), "application/json")
+    await moved_to(
+        cluster, "meters", {"node-a": [[0, 50]], "node-b": [[50, 100]]}, "the first plan"
+    )
+    # The timer's first pass is its only one for 300 s: from here on, only the
+    # node watch can explain a change.
+    await cluster.wait(lambda: timer_passes(cluster, "meters") >= 1, "the first status pass")
+    assert cluster.condition("meters", "DevicesAssigned")["reason"] == "CapacityExceeded"  # type: ignore[index]
+
+    # A node that becomes Ready takes nothing from running nodes, only what did not fit.
+    await set_ready(cluster, "node-down", True)
+    await moved_to(
+        cluster,
+        "meters",
+        {"node-a": [[0, 50]], "node-b": [[50, 100]], "node-down": [[100, 120]]},
+        "node-down Ready",
+    )
+    # The pass writes the status and its Event, as the lot's handlers would.
+    await cluster.wait(
+        lambda: (cluster.condition("meters", "DevicesAssigned") or {}).get("status") == "True",
+        "DevicesAssigned=True after the new node took the rest",
+    )
+    event = (await cluster.wait(lambda: cluster.events("DevicesAssignedTrue"), "an Event"))[0]
+    assert event["involvedObject"]["name"] == "meters"
+    assert event["involvedObject"]["kind"] == "MockLot"
+
+    # NotReady: node-a's devices go to the least-loaded nodes, up to their capacity.
+    await set_ready(cluster, "node-a", False)
+    await moved_to(
+        cluster,
+        "meters",
+        {"node-b": [[50, 100]], "node-down": [[0, 30], [100, 120]]},
+        "node-a NotReady",
+    )
+
+    # A new Ready node: only the unplaced devices go to it; running ones stay.
+    new_node = node("node-c")
+    await cluster.send("POST", "/api/v1/nodes", new_node, "application/json")
+    await moved_to(
+        cluster,
+        "meters",
+        {"node-b": [[50, 100]], "node-c": [[30, 50]], "node-down": [[0, 30], [100, 120]]},
+        "node-c added",
+    )
+
+    # Deleted: its devices move; the others keep theirs.
+    async with cluster.http.delete(f"{cluster.url}/api/v1/nodes/node-b") as resp:
+        assert resp.status < 300
+    await moved_to(
+        cluster,
+        "meters",
+        {"node-c": [[30, 80]], "node-down": [[0, 30], [100, 120]]},
+        "node-b deleted",
+    )
+    assert timer_passes(cluster, "meters") == 1
+
+
+async def test_settings_removed_from_the_lot_leave_the_daemonset(quiet_cluster: Cluster) -> None:
+    cluster = quiet_cluster
+    tower = {
+        "maxDevicesPerTower": 50,
+        "nodeSelector": {"kubernetes.io/hostname": "node-a"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "100m"}},
+        "env": [{"name": "BROKER_TOKEN", "valueFrom": {"secretKeyRef": {"name": "b", "key": "t"}}}],
+        "secretVolumes": [{"secretName": "broker-ca", "mountPath": "/etc/mockfleet/secrets/ca"}],
+    }
+    await cluster.send(
+        "POST", LOTS_URL, lot("meters", 20, version="1.0", tower=tower), "application/json"
+    )
+    ds = await cluster.wait(lambda: cluster.obj("apps/v1/daemonsets", "meters-tower"), "towers")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/hostname": "node-a"}
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": "1Gi"}
+    assert "BROKER_TOKEN" in {e["name"] for e in pod["containers"][0]["env"]}
+    assert ds["metadata"]["labels"]["app.kubernetes.io/version"] == "1.0"
+    assert plan_nodes(cluster, "meters") == {"node-a": [[0, 20]]}
+    # No credential, not even a reference, in the plan.
+    plan_text = json.dumps(cluster.obj("v1/configmaps", "meters-plan"))
+    assert "BROKER_TOKEN" not in plan_text and "broker-ca" not in plan_text
+    # Others' fields on the DaemonSet (a controller's annotation, the status) must survive.
+    others = {
+        "metadata": {"annotations": {"deprecated.daemonset.template.generation": "1"}},
+        "status": {"numberReady": 0, "desiredNumberScheduled": 1},
+    }
+    await cluster.send(
+        "PATCH", f"/apis/apps/v1/namespaces/{NS}/daemonsets/meters-tower", others, MERGE
+    )
+
+    removal = {
+        "spec": {
+            "version": None,
+            "tower": {
+                "nodeSelector": None,
+                "tolerations": None,
+                "resources": {"limits": None},
+                "env": None,
+                "secretVolumes": None,
+            },
+        }
+    }
+    await cluster.send("PATCH", f"{LOTS_URL}/meters", removal, MERGE)
+
+    def trimmed() -> dict[str, Any] | None:
+        found = cluster.obj("apps/v1/daemonsets", "meters-tower") or {}
+        spec = found.get("spec", {}).get("template", {}).get("spec", {})
+        return found if spec and "nodeSelector" not in spec else None
+
+    ds = await cluster.wait(trimmed, "the DaemonSet without the nodeSelector")
+    pod = ds["spec"]["template"]["spec"]
+    (tower_container,) = pod["containers"]
+    assert "tolerations" not in pod
+    assert tower_container["resources"] == {"requests": {"cpu": "100m"}}
+    assert "BROKER_TOKEN" not in {e["name"] for e in tower_container["env"]}
+    assert not any(v["name"].startswith("secret-") for v in pod["volumes"])
+    assert "app.kubernetes.io/version" not in ds["metadata"]["labels"]
+    assert ds["metadata"]["annotations"]["deprecated.daemonset.template.generation"] == "1"
+    assert ds["status"] == others["status"]
+    # The plan follows too: both Ready nodes are eligible now (running devices stay
+    # where they are); and it lost its version label as well.
+    await moved_to(cluster, "meters", {"node-a": [[0, 20]], "node-b": []}, "selector gone")
+    cm = cluster.obj("v1/configmaps", "meters-plan")
+    assert "app.kubernetes.io/version" not in cm["metadata"]["labels"]  # type: ignore[index]

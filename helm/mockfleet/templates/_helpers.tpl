@@ -57,11 +57,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   verbs: ["create"]
 {{- end -}}
 
-{{/* Cluster-scoped reads: nodes for the device assignment, namespaces for kopf's scope. */}}
+{{/* Cluster-scoped reads, also in namespaced mode (nodes are not namespaced): nodes for the
+device assignment, watched so node changes move devices at once; namespaces for kopf's scope. */}}
 {{- define "mockfleet.clusterRules" -}}
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["list"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]

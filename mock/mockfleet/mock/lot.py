@@ -10,15 +10,19 @@ by validators that walk them and name the path of every problem.
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -435,6 +439,138 @@ class Artifact(_Model):
         return v
 
 
+#: Where the tower container mounts its plan, its state and its scratch space on
+#: Kubernetes (the operator's builders use these; secret volumes must keep clear).
+TOWER_PLAN_DIR = "/etc/mockfleet/plan"
+TOWER_STATE_DIR = "/var/lib/mockfleet"
+TOWER_TMP_DIR = "/tmp"
+TOWER_OWN_MOUNTS = (TOWER_PLAN_DIR, TOWER_STATE_DIR, TOWER_TMP_DIR)
+#: Variables the operator sets on the tower container itself.
+TOWER_OWN_ENV = (
+    "NODE_NAME",
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "MOCKFLEET_LOT",
+    "PYTHONDONTWRITEBYTECODE",
+    "TMPDIR",
+)
+#: Prefixes of variables that steer the tower and Python themselves (the in-place
+#: upgrade sets MOCKFLEET_TOWER_* and PYTHONPATH): a lot must not override them.
+TOWER_RESERVED_ENV_PREFIXES = ("MOCKFLEET_", "PYTHON")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+
+
+def _must_match(pattern: str, what: str) -> Callable[[str], str]:
+    """A check of ``pattern`` whose error says ``what`` the value must be (not the regex)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if len(value) > 253 or not compiled.match(value):
+            raise ValueError(f"{value!r} must be {what}")
+        return value
+
+    return check
+
+
+def _string_schema(pattern: str) -> JsonDict:
+    """The same rule for the CRD: a coarse gate at ``kubectl apply``."""
+    return {"type": "string", "pattern": pattern, "maxLength": 253}
+
+
+EnvName = Annotated[
+    str,
+    AfterValidator(_must_match(_ENV_NAME, "letters, digits and '_', not starting with a digit")),
+    WithJsonSchema(_string_schema(_ENV_NAME)),
+]
+SecretName = Annotated[
+    str,
+    AfterValidator(
+        _must_match(_DNS_SUBDOMAIN, "a Secret name (lowercase letters, digits, '-' and '.')")
+    ),
+    WithJsonSchema(_string_schema(_DNS_SUBDOMAIN)),
+]
+SecretKey = Annotated[
+    str,
+    AfterValidator(_must_match(_SECRET_KEY, "a Secret key (letters, digits, '-', '_' and '.')")),
+    WithJsonSchema(_string_schema(_SECRET_KEY)),
+]
+
+
+class SecretKeyRef(_Model):
+    """One key of a Secret in the lot's namespace."""
+
+    name: SecretName = Field(description="The Secret.")
+    key: SecretKey = Field(description="The key in it.")
+
+
+class EnvValueFrom(_Model):
+    secretKeyRef: SecretKeyRef
+
+
+class TowerEnv(_Model):
+    """A variable of the tower container; devices inherit the tower's environment."""
+
+    name: EnvName
+    value: str | None = Field(
+        default=None, description="A literal; for credentials use valueFrom.secretKeyRef."
+    )
+    valueFrom: EnvValueFrom | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in TOWER_OWN_ENV or v.startswith(TOWER_RESERVED_ENV_PREFIXES):
+            raise ValueError(
+                f"{v!r} is reserved for the tower itself (its own variables and names "
+                f"starting with {' or '.join(TOWER_RESERVED_ENV_PREFIXES)}); choose another name"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TowerEnv:
+        if (self.value is None) == (self.valueFrom is None):
+            raise ValueError(f"env {self.name!r} needs exactly one of value and valueFrom")
+        return self
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """One path is the other or inside it (compared by components)."""
+    pa, pb = PurePosixPath(a).parts, PurePosixPath(b).parts
+    short = min(len(pa), len(pb))
+    return pa[:short] == pb[:short]
+
+
+class SecretVolume(_Model):
+    """A Secret mounted read-only into the tower container (for the sink's file credentials)."""
+
+    secretName: SecretName
+    mountPath: str = Field(
+        description="An absolute directory of its own, e.g. /etc/mockfleet/secrets/broker.",
+        json_schema_extra={"pattern": "^/"},
+    )
+
+    @field_validator("mountPath")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"mountPath {v!r} must be an absolute path")
+        parts = v.split("/")[1:]
+        if v == "/" or any(p in {"", ".", ".."} for p in parts):
+            raise ValueError(
+                f"mountPath {v!r} must be a plain directory below / "
+                "(no '.', '..', '//' or trailing '/')"
+            )
+        for own in TOWER_OWN_MOUNTS:
+            if _overlaps(v, own):
+                raise ValueError(
+                    f"mountPath {v!r} overlaps the tower's own mount {own}; "
+                    f"keep clear of {', '.join(TOWER_OWN_MOUNTS)}"
+                )
+        return v
+
+
 class TowerSettings(_Model):
     """How towers run this lot on Kubernetes (ignored by ``mockfleet run``)."""
 
@@ -446,6 +582,30 @@ class TowerSettings(_Model):
     maxDevicesPerTower: int = Field(default=2000, ge=1)
     maxStartRate: float = Field(default=200, gt=0, description="Device starts per second.")
     stopGracePeriod: Duration = 10.0
+    env: list[TowerEnv] = Field(
+        default_factory=list,
+        description="Extra variables of the tower container (sink credentials via "
+        "valueFrom.secretKeyRef); devices inherit them.",
+    )
+    secretVolumes: list[SecretVolume] = Field(
+        default_factory=list, description="Secrets mounted read-only into the tower container."
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TowerSettings:
+        seen: set[str] = set()
+        for i, env in enumerate(self.env):
+            if env.name in seen:
+                raise ValueError(f"env.{i}.name: {env.name!r} is given twice")
+            seen.add(env.name)
+        for i, vol in enumerate(self.secretVolumes):
+            for j, other in enumerate(self.secretVolumes[:i]):
+                if _overlaps(vol.mountPath, other.mountPath):
+                    raise ValueError(
+                        f"secretVolumes.{i}.mountPath: {vol.mountPath!r} overlaps "
+                        f"secretVolumes.{j}.mountPath {other.mountPath!r}"
+                    )
+        return self
 
 
 # --------------------------------------------------------------------------- spec

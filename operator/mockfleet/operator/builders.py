@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mockfleet.mock.lot import MockLot
+from mockfleet.mock.lot import TOWER_PLAN_DIR, TOWER_STATE_DIR, TOWER_TMP_DIR, MockLot
 from mockfleet.operator.assignment import normalise
 from mockfleet.operator.names import (
     COMPONENT_TOWER,
@@ -24,16 +24,26 @@ from mockfleet.operator.names import (
 )
 from mockfleet.operator.settings import OperatorSettings
 
-PLAN_DIR = "/etc/mockfleet/plan"
-STATE_DIR = "/var/lib/mockfleet"
+PLAN_DIR = TOWER_PLAN_DIR
+STATE_DIR = TOWER_STATE_DIR
 LOT_KEY = "lot.yaml"
 PLAN_KEY = "plan.json"
 TOWER_UID = 10001
+EVENT_COMPONENT = "mockfleet-operator"
+
+
+#: Pod settings, not lot content: towers do not read them, and they stay out of the
+#: plan so that no credential reference (or literal) lands in the ConfigMap.
+_POD_ONLY = {"env", "secretVolumes"}
 
 
 def lot_document(lot: MockLot) -> dict[str, Any]:
-    """The validated lot as a manifest (defaults filled in, no status)."""
-    doc = lot.model_dump(mode="json", exclude={"status"}, exclude_none=True)
+    """The validated lot as a manifest (defaults filled in, no status, no tower env/secrets)."""
+    doc = lot.model_dump(
+        mode="json",
+        exclude={"status": True, "spec": {"tower": _POD_ONLY}},
+        exclude_none=True,
+    )
     meta = doc["metadata"]
     # Server-managed fields are noise for towers and would churn the ConfigMap.
     doc["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels") if meta.get(k)}
@@ -131,7 +141,9 @@ def build_tower_daemonset(lot: MockLot, settings: OperatorSettings) -> dict[str,
             {"name": "MOCKFLEET_LOT", "value": lot.name},
             # Python writes nothing next to the code: the root filesystem is read-only.
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
-            {"name": "TMPDIR", "value": "/tmp"},
+            {"name": "TMPDIR", "value": TOWER_TMP_DIR},
+            # The lot's own come last; the lot schema keeps them clear of the names above.
+            *(env.model_dump(exclude_none=True) for env in tower.env),
         ],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {
@@ -154,7 +166,11 @@ def build_tower_daemonset(lot: MockLot, settings: OperatorSettings) -> dict[str,
         "volumeMounts": [
             {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
             {"name": "state", "mountPath": STATE_DIR},
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": TOWER_TMP_DIR},
+            *(
+                {"name": _secret_volume_name(i), "mountPath": vol.mountPath, "readOnly": True}
+                for i, vol in enumerate(tower.secretVolumes)
+            ),
         ],
     }
     if tower.resources:
@@ -178,6 +194,14 @@ def build_tower_daemonset(lot: MockLot, settings: OperatorSettings) -> dict[str,
             },
             {"name": "state", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            *(
+                {
+                    "name": _secret_volume_name(i),
+                    # Owner root, group fsGroup (the tower's): readable by the tower only.
+                    "secret": {"secretName": vol.secretName, "defaultMode": 0o440},
+                }
+                for i, vol in enumerate(tower.secretVolumes)
+            ),
         ],
     }
     if tower.nodeSelector:
@@ -206,5 +230,41 @@ def build_tower_daemonset(lot: MockLot, settings: OperatorSettings) -> dict[str,
     }
 
 
+def _secret_volume_name(index: int) -> str:
+    return f"secret-{index}"
+
+
 def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def build_event(
+    obj: Mapping[str, Any], type_: str, reason: str, message: str, now: str
+) -> dict[str, Any]:
+    """A core v1 Event about ``obj`` (for passes that run outside a kopf handler)."""
+    meta = obj.get("metadata") or {}
+    involved = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "uid": meta.get("uid"),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{meta.get('name', 'lot')}.",
+            "namespace": meta.get("namespace"),
+        },
+        "involvedObject": {k: v for k, v in involved.items() if v},
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": EVENT_COMPONENT},
+        "reportingComponent": EVENT_COMPONENT,
+        "reportingInstance": EVENT_COMPONENT,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

@@ -1,7 +1,7 @@
 """A small async Kubernetes client: the thin I/O edge of the operator.
 
 Only the few calls the operator makes (list nodes and pods, get, create or
-merge-patch a namespaced object) over aiohttp, which kopf already runs on.
+merge-patch a namespaced object, apply a child) over aiohttp, which kopf already runs on.
 Credentials come from the kubernetes package's loaders (in-cluster service
 account, else ``KUBECONFIG``), so token rotation is honoured on every request.
 """
@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+
+from mockfleet.operator.applied import apply_patch, with_shape
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -147,31 +149,52 @@ class Kube:
         path = f"{collection_path(api_version, plural, namespace)}/{quote(name)}"
         return await self.request("GET", path)
 
+    async def create(
+        self, api_version: str, plural: str, namespace: str, body: Mapping[str, Any]
+    ) -> JSON:
+        """Create one namespaced object; the server's copy."""
+        path = collection_path(api_version, plural, namespace)
+        return await self.request("POST", path, dict(body)) or {}
+
     async def patch(
-        self, api_version: str, plural: str, namespace: str, name: str, body: Mapping[str, Any]
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        subresource: str = "",
     ) -> JSON | None:
-        """Merge-patch one object; None when it no longer exists."""
+        """Merge-patch one object (or its ``subresource``); None when it no longer exists."""
         path = f"{collection_path(api_version, plural, namespace)}/{quote(name)}"
+        if subresource:
+            path += f"/{subresource}"
         return await self.request("PATCH", path, dict(body), content_type=MERGE_PATCH)
 
     async def apply(self, obj: Mapping[str, Any], namespace: str) -> tuple[str, JSON]:
-        """Create ``obj``, or merge-patch it when it exists and differs.
+        """Create ``obj``, or patch it when it exists and differs, so that afterwards the
+        fields we manage are exactly ``obj``'s: keys applied before and no longer in
+        ``obj`` are removed (see :mod:`mockfleet.operator.applied`); fields the server
+        or others own are kept.
 
         Returns ("created" | "patched" | "unchanged", the server's object).
         """
         api_version, kind = str(obj["apiVersion"]), str(obj["kind"])
         plural = _PLURALS[(api_version, kind)]
         name = str(obj["metadata"]["name"])
+        desired = with_shape(obj)
         current = await self.get(api_version, plural, namespace, name)
         if current is None:
             created = await self.request(
-                "POST", collection_path(api_version, plural, namespace), dict(obj)
+                "POST", collection_path(api_version, plural, namespace), desired
             )
             return "created", created or {}
-        if is_subset(obj, current):
+        # The recorded shape is part of ``desired``: a removed key changes it.
+        if is_subset(desired, current):
             return "unchanged", current
         path = f"{collection_path(api_version, plural, namespace)}/{quote(name)}"
-        patched = await self.request("PATCH", path, dict(obj), content_type=MERGE_PATCH)
+        patch = apply_patch(desired, current)
+        patched = await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
         return "patched", patched or {}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from mockfleet.mock.lot import MockLot, Toleration
 
@@ -11,8 +11,10 @@ _BLOCKING_EFFECTS = {"NoSchedule", "NoExecute"}
 
 
 def is_ready(node: Mapping[str, Any]) -> bool:
-    """The node's Ready condition is True and it is not cordoned."""
+    """The node's Ready condition is True, it is not cordoned and not being deleted."""
     if (node.get("spec") or {}).get("unschedulable"):
+        return False
+    if (node.get("metadata") or {}).get("deletionTimestamp"):
         return False
     for cond in (node.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Ready":
@@ -62,3 +64,28 @@ def eligible_nodes(nodes: Iterable[Mapping[str, Any]], lot: MockLot) -> list[str
         and tolerates_taints(node, tower.tolerations)
     ]
     return sorted(names)
+
+
+class NodeFacts(NamedTuple):
+    """All of a node that decides whether a lot may use it (nothing else, so that the
+    frequent status updates of a node — heartbeats, images, resources — compare equal)."""
+
+    ready: bool
+    labels: tuple[tuple[str, str], ...]
+    taints: tuple[tuple[str, str, str], ...]
+
+
+def node_facts(node: Mapping[str, Any]) -> NodeFacts:
+    """The :class:`NodeFacts` of a Node manifest."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    taints = (node.get("spec") or {}).get("taints") or []
+    return NodeFacts(
+        ready=is_ready(node),
+        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        taints=tuple(
+            sorted(
+                (str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or ""))
+                for t in taints
+            )
+        ),
+    )

@@ -42,6 +42,27 @@ from mockfleet.operator.towerpods import (
 EventSink = Callable[[str, str, str], None]
 
 
+class LotLocks:
+    """One lock per lot: its reconciliations (lot handlers, timer, node watch) take turns.
+
+    Each computes the assignment from the stored plan and writes a new one; two
+    at once could write a plan from an older spec last.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def of(self, namespace: str, name: str) -> asyncio.Lock:
+        """The lock of one lot (created on first use)."""
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted lot's lock (an unheld one; a holder keeps its reference)."""
+        lock = self._locks.get((namespace, name))
+        if lock is not None and not lock.locked():
+            del self._locks[namespace, name]
+
+
 @dataclass
 class Outcome:
     """What one reconciliation did (for logs and tests)."""
@@ -53,11 +74,12 @@ class Outcome:
 
 
 def lot_source(body: Mapping[str, Any]) -> str:
+    """``namespace/name`` of a lot, for messages."""
     meta = body.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def _manifest(body: Mapping[str, Any]) -> dict[str, Any]:
+def lot_manifest(body: Mapping[str, Any]) -> dict[str, Any]:
     """The user's part of the object (kopf bodies are read-only views)."""
     return {
         "apiVersion": body.get("apiVersion"),
@@ -118,7 +140,7 @@ async def reconcile(
     now = now_iso()
 
     try:
-        lot = parse_lot(_manifest(body), lot_source(body))
+        lot = parse_lot(lot_manifest(body), lot_source(body))
     except LotError as exc:
         message = "; ".join(exc.problems)
         previous = get_condition(old_conditions, INVALID)
