@@ -97,9 +97,7 @@ def _adopt_for(body: Mapping[str, Any]) -> Callable[[list[dict[str, Any]]], None
     return adopt
 
 
-async def _run(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, towers: bool
-) -> None:
+async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any) -> None:
     def post_event(kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)
 
@@ -113,7 +111,7 @@ async def _run(
                 adopt=_adopt_for(body),
                 post_event=post_event,
                 logger=logger,
-                session=memo.towers if towers else None,
+                session=memo.towers,
             )
     except Exception as exc:
         if is_transient(exc):
@@ -128,8 +126,13 @@ async def _run(
 async def lot_changed(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
-    """Validate the lot and (re)apply its plan and towers."""
-    await _run(body, patch, memo, logger, towers=False)
+    """Validate the lot and (re)apply its plan and towers.
+
+    The towers are asked for their status here too: a status built without
+    their reports would call every tower silent and flap Ready, TowersReady
+    and Degraded (with Events) on each spec change until the next timer pass.
+    """
+    await _run(body, patch, memo, logger)
 
 
 @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=STATUS_INTERVAL, initial_delay=1.0)
@@ -137,7 +140,7 @@ async def lot_refresh(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
     """Aggregate the towers' /status into .status (and catch any node change missed)."""
-    await _run(body, patch, memo, logger, towers=True)
+    await _run(body, patch, memo, logger)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)

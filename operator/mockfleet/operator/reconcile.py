@@ -192,6 +192,7 @@ async def reconcile(
         generation=generation,
         selector=selector_string(selector),
         now=now,
+        version=lot.spec.version,
     )
     for cond in flips(old_conditions, status["conditions"]):
         if cond["type"] == INVALID and cond["status"] == "False" and not old_conditions:

@@ -18,7 +18,7 @@ class OperatorSettings:
     tower_port: int = 8080
     #: Seconds added to the lot's stopGracePeriod before the kubelet kills a tower.
     grace_margin: float = 5.0
-    #: Seconds between status aggregations (and re-assignments on node changes).
+    #: Seconds between status aggregations (node changes are also watched: see nodewatch).
     status_interval: float = 15.0
     #: Timeout of one GET /status to a tower.
     status_timeout: float = 3.0
