@@ -37,6 +37,7 @@ from mockfleet.tower.linux import (
     set_child_subreaper,
 )
 from mockfleet.tower.pidfiles import PidRecord, check_identity, read_pid_file, write_pid_file
+from mockfleet.tower.trash import Trash
 from mockfleet.tower.triggers import (
     START_SUFFIX,
     StartRequest,
@@ -219,6 +220,7 @@ class Tower:
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
         self.syncer = Syncer()
         self.sel.register(self.syncer.fileno(), selectors.EVENT_READ, self._on_synced)
+        self.trash = Trash(self.root)
         self.inotify = Inotify()
         mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR
         self.wd_start = self.inotify.add_watch(self.dirs["start"], mask)
@@ -635,11 +637,8 @@ class Tower:
         )
 
     def _unlink(self, path: str) -> bool:
-        try:
-            os.unlink(path)
-            return True
-        except FileNotFoundError:
-            return False
+        # Never waits for the disk: see trash.py.
+        return self.trash.delete(path)
 
     # ------------------------------------------------------------------ stops
 
@@ -1112,6 +1111,7 @@ class Tower:
             self.http.close()
         signal.set_wakeup_fd(-1)
         self.syncer.close()
+        self.trash.close()
         log("tower stopped", exits=self.exit_counts)
 
     # ------------------------------------------------------------------ status
