@@ -33,7 +33,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from mockfleet.tower import pymalloc_fill
+from mockfleet.tower import prefork
 from mockfleet.tower.linux import proc_stat, set_process_name
 
 #: niceness added to every mock (see _mock)
@@ -162,8 +162,9 @@ class Zygote:
             gc.freeze()
         gates = [os.pipe() for _ in todo]
         report_r, report_w = os.pipe()
-        # Sends the children's small allocations to fresh pools (see pymalloc_fill).
-        placeholders = pymalloc_fill.fill()
+        # The children's allocations then take fresh pages, not copies (see prefork).
+        placeholders = prefork.fill()
+        prefork.trim_heap()
         mid_pid = os.fork()
         if mid_pid == 0:  # the intermediate: fork the mocks, report them, vanish
             try:

@@ -1,4 +1,6 @@
-"""Fill the free blocks of pymalloc's partly used pools before a fork.
+"""Memory hygiene in the zygote just before it forks mocks.
+
+``fill``: take the free blocks of pymalloc's partly used pools.
 
 A forked child that allocates a small object takes a free block from a pool
 its parent partly used: it writes that block and the pool header, and the
@@ -7,10 +9,16 @@ parent's data there. Filling those holes with placeholder objects just before
 forking sends the children's allocations to fresh pools instead, whose pages
 are zero-filled rather than copied. The parent drops the placeholders after
 the fork; the children never touch them.
+
+``trim_heap``: the same for the C heap. glibc's ``malloc_trim`` hands the
+whole free pages inside free chunks back to the kernel, so a child that
+allocates there gets zero pages instead of copies of the parent's stale ones.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import sys
@@ -81,3 +89,20 @@ def _placeholder(size: int, i: int) -> object:
     if size == 32:
         return 1_000_000 + i  # a one-digit int: 28 bytes, never cached
     return bytes(size - 33)  # bytes of length >= 15: header 33 + n
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def trim_heap() -> None:
+    """Release the free pages of the C heap (glibc only; a no-op elsewhere)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
