@@ -271,3 +271,20 @@ def test_install_records_a_failure_and_a_later_success_clears_it(tmp_path: Path)
     site = install(str(root), UpgradeRequest("5.0.1", str(artifact), sha))
     assert Path(site) == root / "versions" / "5.0.1"
     assert last_failure(str(root)) is None
+
+
+def test_reason_changes_are_same_status_other_reason() -> None:
+    from mockfleet.operator.status import reason_changes
+
+    old = [
+        {"type": "Upgraded", "status": "False", "reason": "InProgress"},
+        {"type": "Ready", "status": "True", "reason": "AllRunning"},
+        {"type": "Degraded", "status": "False", "reason": "Healthy"},
+    ]
+    new = [
+        {"type": "Upgraded", "status": "False", "reason": "UpgradeFailed"},
+        {"type": "Ready", "status": "True", "reason": "AllRunning"},
+        {"type": "Degraded", "status": "True", "reason": "UpgradeFailed"},  # a flip, not this
+        {"type": "Succeeded", "status": "False", "reason": "Running"},  # new: a flip
+    ]
+    assert [c["type"] for c in reason_changes(old, new)] == ["Upgraded"]

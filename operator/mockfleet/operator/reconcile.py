@@ -30,6 +30,7 @@ from mockfleet.operator.status import (
     get_condition,
     invalid_status,
     now_iso,
+    reason_changes,
 )
 from mockfleet.operator.towerpods import (
     is_running,
@@ -199,6 +200,13 @@ async def reconcile(
             continue  # a valid new lot is not news
         kind = "Warning" if _is_bad(cond) else "Normal"
         post_event(kind, f"{cond['type']}{cond['status']}", cond.get("message") or cond["reason"])
+    for cond in reason_changes(old_conditions, status["conditions"]):
+        # Same status, new reason: news only when it turned bad (a rollout in
+        # progress that failed stays Upgraded=False, now for UpgradeFailed).
+        if _is_bad(cond):
+            post_event(
+                "Warning", f"{cond['type']}{cond['status']}", cond.get("message") or cond["reason"]
+            )
     return Outcome(lot, status, done, assignment)
 
 

@@ -82,6 +82,23 @@ def flips(
     return changed
 
 
+def reason_changes(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """Conditions in ``new`` with the same status as in ``old`` but another reason
+    (e.g. Upgraded False: InProgress -> UpgradeFailed), for Events a flip alone misses."""
+    changed = []
+    for cond in new:
+        before = get_condition(old, cond["type"])
+        if (
+            before is not None
+            and before.get("status") == cond.get("status")
+            and before.get("reason") != cond.get("reason")
+        ):
+            changed.append(cond)
+    return changed
+
+
 @dataclass(frozen=True)
 class TowerReport:
     """One tower's answer for one lot; ``stats`` is None when it could not be read."""
