@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from mockfleet.operator.builders import build_plan_configmap, build_tower_daemon
 from mockfleet.operator.kube import Kube, KubeError, fetch_json
 from mockfleet.operator.names import plan_configmap_name, selector_string, tower_selector
 from mockfleet.operator.nodes import eligible_nodes
+from mockfleet.operator.reportcache import ReportCache
 from mockfleet.operator.settings import OperatorSettings
 from mockfleet.operator.status import (
     INVALID,
@@ -38,6 +40,9 @@ from mockfleet.operator.towerpods import (
     stale_plan_pods,
     status_port,
 )
+
+#: The towers' last good reports, for the whole operator process (see reportcache).
+RECENT_REPORTS = ReportCache()
 
 #: Called for every Kubernetes Event to post: (type, reason, message).
 EventSink = Callable[[str, str, str], None]
@@ -184,6 +189,7 @@ async def reconcile(
         reports = await tower_reports(
             session, running, lot.name, settings.tower_port, settings.status_timeout
         )
+        reports = RECENT_REPORTS.settle(lot_source(body), reports, time.monotonic())
     status = build_status(
         devices=lot.spec.devices,
         paused=lot.spec.paused,
