@@ -111,6 +111,7 @@ def test_mock_ignoring_sigterm_is_force_killed_after_grace(base: Path) -> None:
     tower.wait_ready()
     write_start(root, "s1", stubborn, 0)
     wait_for(lambda: "s1" in pids(root), 30)
+    wait_for(lambda: _ignores_sigterm(pids(root)["s1"]), 30)  # the device runs
     write_stop(root, "s1")
     wait_for(lambda: exits(tower.events()), 15)
     (e,) = exits(tower.events())
@@ -129,6 +130,11 @@ def test_sigterm_to_the_tower_stops_everything(base: Path) -> None:
     _start_many(root, normal, 30, "n")
     _start_many(root, stubborn, 3, "s")
     wait_for(lambda: len(pids(root)) == 33, 60)
+    # A PID file is written before the device runs: wait until the stubborn
+    # ones really ignore SIGTERM, or an early SIGTERM would find them not yet
+    # stubborn (and they would be "stopped", not force-killed).
+    stubborn_pids = [pids(root)[f"s{i}"] for i in range(3)]
+    wait_for(lambda: all(_ignores_sigterm(pid) for pid in stubborn_pids), 60)
     mocks = {p.pid for p in _children(tower)}
     assert tower.stop(timeout=30) == 0
     reasons = {e["mock"]: e["reason"] for e in exits(tower.events())}
@@ -138,6 +144,14 @@ def test_sigterm_to_the_tower_stops_everything(base: Path) -> None:
     assert not [pid for pid in mocks if psutil.pid_exists(pid) and _is_alive(pid)]
     assert not os.listdir(root / "pids")
     assert tower.events()[-1]["event"] == "tower-stopped"
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def _is_alive(pid: int) -> bool:
