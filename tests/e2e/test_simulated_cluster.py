@@ -23,10 +23,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -36,17 +36,16 @@ from support.kube_api import Api
 from support.polling import wait_for
 from support.sim_cluster import Cluster
 from support.sim_cluster import log as sim_log
+from support.sim_lot import LotChecks
 from support.tower_harness import no_leftovers
 
 from mockfleet.operator.towerpods import PLAN_ANNOTATION
 
-T = TypeVar("T")
 NS = "default"
 LOT = "e2e-meters"
 NODES = ["node-a", "node-b", "node-c"]
 GONE_NODE = "node-c"
 RECEIVE = [sys.executable, "-m", "mockfleet.operator.entry", "receive"]
-DEADLINE = 90.0  # generous: two shared cores start and stop hundreds of processes
 
 
 def node(name: str) -> dict[str, Any]:
@@ -112,8 +111,11 @@ class ReceiverProcess:
 
 
 @dataclass
-class Sim:
+class Sim(LotChecks):
     """The simulated cluster and what the tests read from it."""
+
+    lot_name = LOT
+    poll_interval = 0.5
 
     api: Api
     cluster: Cluster
@@ -123,27 +125,7 @@ class Sim:
     #: Phases that passed: each test starts where the previous one left the lot.
     done: set[str] = field(default_factory=set)
 
-    def after(self, phase: str) -> None:
-        """Skip (not fail) a phase whose predecessor failed: its failure says it all."""
-        if phase not in self.done:
-            pytest.skip(f"needs the earlier phase {phase!r}, which did not pass")
-
     # ------------------------------------------------------------------ the lot
-
-    def lot(self) -> dict[str, Any] | None:
-        return self.api.get("mockfleet.dev/v1alpha1", "mocklots", NS, LOT)
-
-    def status(self) -> dict[str, Any]:
-        return dict((self.lot() or {}).get("status") or {})
-
-    def condition(self, type_: str) -> dict[str, Any]:
-        for cond in self.status().get("conditions") or []:
-            if cond.get("type") == type_:
-                return dict(cond)
-        return {}
-
-    def patch_spec(self, spec: dict[str, Any]) -> None:
-        assert self.api.patch("mockfleet.dev/v1alpha1", "mocklots", NS, LOT, {"spec": spec})
 
     def plan_configmap(self) -> dict[str, Any]:
         return self.api.get("v1", "configmaps", NS, f"{LOT}-plan") or {}
@@ -208,16 +190,6 @@ class Sim:
             f"devices={len(self.device_nodes())} cluster errors={self.cluster.errors[-3:]}\n"
             f"operator log:\n{self.operator.tail(25)}"
         )
-
-    def until(self, check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s: {what}\n{self.diagnostics()}")
-            time.sleep(0.5)  # this process also hosts the API server and kubelets
 
 
 #: processes this test process had before the cluster (e.g. a session MQTT

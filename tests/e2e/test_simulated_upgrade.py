@@ -24,10 +24,10 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -38,12 +38,12 @@ from support.kubelet import RunningPod
 from support.moto_s3 import CREDENTIALS, MotoS3, moto_s3_server
 from support.sim_cluster import Cluster
 from support.sim_cluster import log as sim_log
+from support.sim_lot import LOTS_API, LotChecks
 from support.tower_harness import no_leftovers
 from test_simulated_cluster import ReceiverProcess, node
 
 from mockfleet.tower.upgrade import build_artifact
 
-T = TypeVar("T")
 NS = "default"
 LOT = "e2e-upgrade"
 NODES = ["node-a", "node-b"]
@@ -51,8 +51,6 @@ DEVICES = 60
 BUCKET = "mockfleet-releases"
 KEY = "mockfleet-2.0.0.zip"
 REPO = Path(__file__).resolve().parents[2]
-LOTS_API = ("mockfleet.dev/v1alpha1", "mocklots")
-DEADLINE = 90.0  # generous: two shared cores; each wait normally ends within seconds
 
 
 def lot(ingest: str) -> dict[str, Any]:
@@ -86,7 +84,9 @@ class Proc:
 
 
 @dataclass
-class Sim:
+class Sim(LotChecks):
+    lot_name = LOT
+
     api: Api
     cluster: Cluster
     operator: OperatorProcess
@@ -99,23 +99,7 @@ class Sim:
     devices_before: dict[str, Proc] = field(default_factory=dict)
     towers_before: dict[str, Proc] = field(default_factory=dict)
 
-    def after(self, phase: str) -> None:
-        if phase not in self.done:
-            pytest.skip(f"needs the earlier phase {phase!r}, which did not pass")
-
     # ------------------------------------------------------------------ the lot
-
-    def status(self) -> dict[str, Any]:
-        return dict((self.api.get(*LOTS_API, NS, LOT) or {}).get("status") or {})
-
-    def condition(self, type_: str) -> dict[str, Any]:
-        for cond in self.status().get("conditions") or []:
-            if cond.get("type") == type_:
-                return dict(cond)
-        return {}
-
-    def patch_spec(self, spec: dict[str, Any]) -> None:
-        assert self.api.patch(*LOTS_API, NS, LOT, {"spec": spec})
 
     def warnings(self) -> list[dict[str, Any]]:
         return [e for e in self.api.list("v1", "events", NS) if e.get("type") == "Warning"]
@@ -208,16 +192,6 @@ class Sim:
             f"events={[(e.get('type'), e.get('reason'), e.get('message')) for e in events]}\n"
             f"operator log:\n{self.operator.tail(25)}"
         )
-
-    def until(self, check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s: {what}\n{self.diagnostics()}")
-            time.sleep(0.3)  # this process also hosts the API server and the kubelets
 
 
 @pytest.fixture(scope="module")
