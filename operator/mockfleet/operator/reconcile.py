@@ -201,18 +201,18 @@ async def reconcile(
         now=now,
         version=lot.spec.version,
     )
-    for cond in flips(old_conditions, status["conditions"]):
-        if cond["type"] == INVALID and cond["status"] == "False" and not old_conditions:
-            continue  # a valid new lot is not news
+    news = [
+        cond
+        for cond in flips(old_conditions, status["conditions"])
+        # a valid new lot is not news
+        if not (cond["type"] == INVALID and cond["status"] == "False" and not old_conditions)
+    ]
+    # Same status, new reason: news only when it turned bad (a rollout in
+    # progress that failed stays Upgraded=False, now for UpgradeFailed).
+    news += [c for c in reason_changes(old_conditions, status["conditions"]) if _is_bad(c)]
+    for cond in news:
         kind = "Warning" if _is_bad(cond) else "Normal"
         post_event(kind, f"{cond['type']}{cond['status']}", cond.get("message") or cond["reason"])
-    for cond in reason_changes(old_conditions, status["conditions"]):
-        # Same status, new reason: news only when it turned bad (a rollout in
-        # progress that failed stays Upgraded=False, now for UpgradeFailed).
-        if _is_bad(cond):
-            post_event(
-                "Warning", f"{cond['type']}{cond['status']}", cond.get("message") or cond["reason"]
-            )
     return Outcome(lot, status, done, assignment)
 
 
