@@ -4,6 +4,7 @@ restarts, rejections, adoption checks, shutdown and the HTTP endpoint."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 import signal
@@ -363,4 +364,38 @@ def test_a_zygote_that_cannot_start_is_retried_with_backoff(base: Path) -> None:
     wait_for(lambda: len(failures()) >= 2, 30)
     assert "before it was ready" in str(failures()[-1]["reason"])
     assert tower.proc.poll() is None
+    assert tower.stop() == 0
+
+
+def test_each_mock_maps_only_its_own_counter_page(base: Path) -> None:
+    """A mock never maps the whole counter file: a kernel walk over a page's
+    mappings (writeback, reclaim) then visits only the mocks sharing that
+    page, and exits do not queue behind walks over the whole fleet."""
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "pages", {})
+    tower = TowerProc(root, "--http", "127.0.0.1:0")
+    tower.wait_ready()
+    n = 40  # 32 slots a page: slots 32.. lie on the second page
+    _start_many(root, lot, n)
+    wait_for(lambda: len(pids(root)) == n, 30)
+    records = {
+        name: json.loads((root / "pids" / name).read_text()) for name in os.listdir(root / "pids")
+    }
+    assert max(r["slot"] for r in records.values()) >= 32
+    for rec in records.values():
+        maps = Path(f"/proc/{rec['pid']}/maps").read_text().splitlines()
+        mapped = [line for line in maps if line.endswith("/counters.bin")]
+        assert len(mapped) == 1, mapped
+        lo, hi = (int(x, 16) for x in mapped[0].split()[0].split("-"))
+        offset = int(mapped[0].split()[2], 16)
+        assert hi - lo == mmap.PAGESIZE  # max-mocks 32768: no partial page
+        assert offset == rec["slot"] * 128 // mmap.PAGESIZE * mmap.PAGESIZE
+    # and the counters still reach the tower: every mock's slot names it
+    from mockfleet.mock.counters import CounterFile
+
+    counters = CounterFile.open_existing(root / "counters.bin")
+    wait_for(lambda: all(counters.read(r["slot"]).sent >= 1 for r in records.values()), 30)
+    for rec in records.values():
+        assert counters.read(rec["slot"]).pid == rec["pid"]
+    counters.close()
     assert tower.stop() == 0

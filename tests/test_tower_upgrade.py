@@ -62,6 +62,8 @@ def test_upgrade_re_execs_in_place_and_keeps_every_mock(base: Path) -> None:
     assert not (root / "upgrade").exists()
     adopted = [e for e in tower.events() if e["event"] == "adopted"]
     assert {e["mock"] for e in adopted} == set(before) and all(e["child"] for e in adopted)
+    # taken from the old tower's table, not by reading and checking PID files
+    assert {e["source"] for e in adopted} == {"handover"}
     assert pids(root) == before  # none restarted
     assert {p.pid for p in psutil.Process(tower.pid).children()} >= set(before.values())
     # /status stays monotonic: ended mocks' totals and exits survived the exec.
@@ -112,3 +114,45 @@ def test_upgrade_with_a_wrong_checksum_changes_nothing(base: Path) -> None:
     wait_for(lambda: sum(e["event"] == "upgrade-failed" for e in tower.events()) == 2, 30)
     assert tower.stop() == 0
     assert os.listdir(root / "pids") == []
+
+
+def test_a_handover_left_by_another_process_is_not_trusted(tmp_path: Path) -> None:
+    """Only the process that wrote a handover (same PID *and* start time, same
+    boot) takes its mock table: a container restarted with the same PID
+    over the same state directory must check PID files the slow way."""
+    from mockfleet.tower.events import EventLog
+    from mockfleet.tower.supervisor import HANDOVER, Tower, TowerConfig
+    from mockfleet.tower.trash import Trash
+
+    root = tmp_path / "root"
+    root.mkdir()
+    tower = Tower(TowerConfig(root=str(root)))
+    tower.events = EventLog(str(tmp_path / "events.jsonl"))
+    tower.trash = Trash(str(root))
+    rec = {
+        "mock_id": "m0",
+        "pid": 4242,
+        "start_ticks": 7,
+        "boot_id": tower.boot,
+        "lot": "/l.yaml",
+        "lot_name": "l",
+        "index": 0,
+        "slot": 0,
+        "restarts": 0,
+        "started_at": 1.0,
+        "version": "1",
+        "restart": {},
+        "child": True,
+    }
+    state = {"pid": tower.me, "boot_id": tower.boot, "mocks": [rec], "lot_totals": {}}
+    for ticks, trusted in ((tower.me_ticks + 1, False), (tower.me_ticks, True)):
+        (root / HANDOVER).write_text(json.dumps({**state, "start_ticks": ticks}))
+        tower.handed_over = {}
+        tower._take_handover()
+        assert not (root / HANDOVER).exists()
+        assert (set(tower.handed_over) == {"m0"}) is trusted
+    # malformed rows are left to the PID-file path, not trusted
+    bad = [{**rec, "pid": "x"}, {**rec, "mock_id": "m1", "child": False}, "junk"]
+    (root / HANDOVER).write_text(json.dumps({**state, "start_ticks": tower.me_ticks, "mocks": bad}))
+    tower._take_handover()
+    assert tower.handed_over == {}

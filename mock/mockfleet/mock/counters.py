@@ -7,6 +7,14 @@ of a memory-mapped file: the device writes its counters with plain stores
 The file survives a tower re-exec: running devices keep writing into their
 mapping and the new tower maps the same file again.
 
+A device maps only the page that holds its slot (``map_slot``), never the
+whole file. Every process mapping a page of a shared file is visited, under
+the file's mapping lock, whenever the kernel walks that page's mappings
+(writeback cleaning a dirty page, memory-reclaim scans); and an exiting
+process needs that same lock to leave. With the whole file in thousands of
+devices, each such walk visited all of them and exits queued behind it for
+up to seconds; with one page each, a walk visits the few devices sharing it.
+
 Torn reads are prevented with a sequence lock: the writer makes the slot's
 first word odd while it writes and even when done; a reader retries while
 the word is odd or changed under it.
@@ -127,6 +135,20 @@ class CounterSlot:
         self._write_body(text)
         self._seq += 1
         struct.pack_into("<I", buf, off, self._seq)
+
+
+def map_slot(fd: int, index: int) -> CounterSlot:
+    """Slot ``index`` of the counter file open at ``fd``, mapping just its page."""
+    if index < 0:
+        raise IndexError(f"counter slot {index} is negative")
+    off = index * SLOT_SIZE
+    base = off - off % mmap.ALLOCATIONGRANULARITY
+    size = os.fstat(fd).st_size
+    if size < off + SLOT_SIZE:
+        raise IndexError(f"counter slot {index} lies beyond the end of the counter file")
+    length = min(mmap.PAGESIZE, size - base)  # the last page may be partial
+    buf = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
+    return CounterSlot(buf, off - base)
 
 
 class CounterFile:

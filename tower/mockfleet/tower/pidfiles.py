@@ -31,10 +31,12 @@ class PidRecord:
     version: str
     restart: dict[str, Any] = field(default_factory=dict)
 
-    def to_bytes(self) -> bytes:
+    def to_dict(self) -> dict[str, Any]:
         # not dataclasses.asdict: its deep copy was a tenth of the tower's time per start
-        obj = {name: getattr(self, name) for name in _FIELDS}
-        return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_dict(), separators=(",", ":")) + "\n").encode()
 
 
 _FIELDS = tuple(f.name for f in fields(PidRecord))
@@ -42,7 +44,11 @@ _FIELDS = tuple(f.name for f in fields(PidRecord))
 
 def parse_pid_record(data: bytes) -> PidRecord:
     """Raise ValueError (or a subclass) for anything that is not a record."""
-    obj = json.loads(data.decode("utf-8"))
+    return pid_record_from(json.loads(data.decode("utf-8")))
+
+
+def pid_record_from(obj: Any) -> PidRecord:
+    """A record from its decoded JSON; ValueError or TypeError for anything else."""
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     rec = PidRecord(**obj)

@@ -34,9 +34,16 @@ from mockfleet.tower.linux import (
     IN_Q_OVERFLOW,
     Inotify,
     boot_id,
+    proc_stat,
     set_child_subreaper,
 )
-from mockfleet.tower.pidfiles import PidRecord, check_identity, read_pid_file, write_pid_file
+from mockfleet.tower.pidfiles import (
+    PidRecord,
+    check_identity,
+    pid_record_from,
+    read_pid_file,
+    write_pid_file,
+)
 from mockfleet.tower.trash import Trash
 from mockfleet.tower.triggers import (
     START_SUFFIX,
@@ -189,6 +196,13 @@ class Tower:
         self.zygote_failures = 0
         self.zygote_was_ready = False
         self.zygote_respawning = False
+        #: mock id -> record, from the handover of the process this one replaced
+        #: (in-place upgrade): mocks that are our own children, known to be ours
+        self.handed_over: dict[str, PidRecord] = {}
+        stat = proc_stat(self.me)
+        #: our own start time: it survives execve and tells our handover from a
+        #: stale one left by an earlier process that had the same PID
+        self.me_ticks = stat.start_ticks if stat is not None else -1
 
     # ------------------------------------------------------------------ set-up
 
@@ -236,8 +250,9 @@ class Tower:
             "rlimit_as": self.cfg.rlimit_as,
             "rlimit_nofile": self.cfg.rlimit_nofile,
         }
+        # spawned by run() after the first rescan: adopting the running mocks
+        # (an in-place upgrade) comes first, without a preloading zygote beside it
         self.zygote = ZygoteClient(zcfg)
-        self._spawn_zygote()
         if self.cfg.http is not None:
             from mockfleet.tower.httpserver import HttpServer
             from mockfleet.tower.status import StatusPages
@@ -277,6 +292,7 @@ class Tower:
     def run(self) -> int:
         self.setup()
         self.rescan(startup=True)
+        self._spawn_zygote()
         if self.planwatch is not None:
             self.planwatch.sync()
         while True:
@@ -863,6 +879,10 @@ class Tower:
             if name in self.mocks:
                 continue
             path = os.path.join(pids_dir, name)
+            handed = self.handed_over.pop(name, None)
+            if handed is not None and handed.mock_id == name:
+                self._adopt_or_bury(handed, our_child=True)
+                continue
             try:
                 check_mock_id(name)
                 rec = read_pid_file(path)
@@ -883,6 +903,7 @@ class Tower:
             ticket = self.syncer.submit([os.path.join(pids_dir, m.id) for m in adopted], pids_dir)
             for m in adopted:
                 self.syncing[m.id] = (ticket, m)
+        self.handed_over.clear()  # their PID files are gone: not ours to adopt
         if startup:
             self.reap()
         for name in sorted(os.listdir(self.dirs["start"])):
@@ -894,8 +915,14 @@ class Tower:
         if os.path.lexists(os.path.join(self.root, "upgrade")):
             self.on_upgrade()
 
-    def _adopt_or_bury(self, rec: PidRecord) -> Mock | None:
-        """The adopted mock, or None when it was reported lost."""
+    def _adopt_or_bury(self, rec: PidRecord, our_child: bool = False) -> Mock | None:
+        """The adopted mock, or None when it was reported lost.
+
+        ``our_child``: the record comes from our own handover and names a child
+        of this very process. An unreaped child's PID cannot be reused, and
+        nothing has reaped since the handover was written, so the process
+        needs no identity check (a /proc read per mock).
+        """
         m = Mock(rec.mock_id, rec.lot, rec.index, rec.slot, restarts=rec.restarts)
         m.pid = rec.pid
         m.start_ticks = rec.start_ticks
@@ -904,7 +931,8 @@ class Tower:
         m.started_at = rec.started_at
         m.started_mono = time.monotonic() - max(0.0, time.time() - rec.started_at)
         m.version = rec.version
-        stat = check_identity(rec, self.boot)
+        stat = None if our_child else check_identity(rec, self.boot)
+        alive = our_child or stat is not None
         slot_ok = 0 <= rec.slot < self.cfg.max_mocks and rec.slot not in self.used_slots
         if stat is not None and slot_ok:
             m.child = stat.ppid == self.me
@@ -913,7 +941,7 @@ class Tower:
                     m.pidfd = os.pidfd_open(rec.pid)
                 except ProcessLookupError:
                     stat = None
-        if stat is None or not slot_ok:
+        if not alive or not slot_ok:
             m.state = "running"
             m.slot = -1
             self.on_exit(m, None)  # lost: how it ended is unknown
@@ -932,6 +960,7 @@ class Tower:
             pid=m.pid,
             child=m.child,
             version=m.version,
+            source="handover" if our_child else "pid-file",
         )
         return m
 
@@ -969,10 +998,18 @@ class Tower:
         this process becomes, so /status stays monotonic across an upgrade."""
         state = {
             "pid": self.me,
+            "start_ticks": self.me_ticks,
             "boot_id": self.boot,
             "lot_totals": self.lot_totals,
             "lot_exits": self.lot_exits,
             "exit_counts": self.exit_counts,
+            # The table of running mocks, so the new incarnation need not read
+            # and check thousands of PID files before it supervises them again.
+            "mocks": [
+                {**self._record(m).to_dict(), "child": m.child}
+                for m in self.mocks.values()
+                if m.pid and m.state in ("running", "stopping")
+            ],
         }
         data = (json.dumps(state, separators=(",", ":")) + "\n").encode()
         # read back by this very process after execve: visible is enough
@@ -994,8 +1031,9 @@ class Tower:
         self._unlink(path)
         if not isinstance(state, dict) or state.get("pid") != self.me:
             return
-        if state.get("boot_id") != self.boot:
+        if state.get("boot_id") != self.boot or state.get("start_ticks") != self.me_ticks:
             return
+        self.handed_over = _handed_over(state.get("mocks"))
         try:
             self.lot_totals = _counts_by_name(state.get("lot_totals"))
             self.lot_exits = _counts_by_name(state.get("lot_exits"))
@@ -1184,6 +1222,23 @@ class Tower:
             "lots": lots,
             "shutting_down": self.shutting_down,
         }
+
+
+def _handed_over(obj: Any) -> dict[str, PidRecord]:
+    """Our own children from a handover's mock table; anything malformed is
+    left out (it is then adopted the slow way, from its PID file)."""
+    out: dict[str, PidRecord] = {}
+    if not isinstance(obj, list):
+        return out
+    for item in obj:
+        if not isinstance(item, dict) or item.get("child") is not True:
+            continue
+        try:
+            rec = pid_record_from({k: v for k, v in item.items() if k != "child"})
+        except (ValueError, TypeError):
+            continue
+        out[rec.mock_id] = rec
+    return out
 
 
 def _counts(obj: Any) -> dict[str, int]:

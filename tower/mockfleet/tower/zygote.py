@@ -33,6 +33,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+from mockfleet.mock.counters import map_slot
 from mockfleet.tower import prefork
 from mockfleet.tower.linux import proc_stat, set_process_name
 
@@ -78,7 +79,6 @@ def _committed(root: str, mock_id: str) -> bool:
 
 class Zygote:
     def __init__(self, cfg: dict[str, Any], sock: socket.socket) -> None:
-        from mockfleet.mock.counters import CounterFile
         from mockfleet.mock.preload import preload
 
         self.cfg = cfg
@@ -86,7 +86,8 @@ class Zygote:
         self.root: str = cfg["root"]
         preload(())
         self.device = load_device(cfg["device"])
-        self.counters = CounterFile(cfg["counters"], cfg["slots"])
+        # Not mapped here: each mock maps only its own slot's page (see counters).
+        self.counters_fd = os.open(cfg["counters"], os.O_RDWR | os.O_CLOEXEC)
         self.creds: tuple[int, int] | None = None
         self._restart_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
         if cfg.get("run_as"):
@@ -283,7 +284,8 @@ class Zygote:
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
-            slot = self.counters.slot(int(req["slot"]))
+            slot = map_slot(self.counters_fd, int(req["slot"]))
+            os.close(self.counters_fd)
             slot.reset(os.getpid(), time.time())
             stop_file = os.path.join(self.root, "stop", req["id"])
             code = int(self.device(lot, int(req["index"]), stop_file=stop_file, counters=slot))
