@@ -90,6 +90,11 @@ def wait_for(cond: Callable[[], T | None], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
+def phase(msg: str) -> None:
+    """A progress line (also what an outside profiler can wait for)."""
+    print(f"[{time.strftime('%H:%M:%S')}]   {msg}", flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -206,9 +211,10 @@ class Processes:
                     leftovers.append(f"mock pid {pid}")
                     p.kill()
         marker = str(self.workdir)
+        ours = {os.getpid(), *(a.pid for a in psutil.Process().parents())}  # (--keep DIR)
         for p in psutil.process_iter(["pid", "cmdline"]):
             with contextlib.suppress(psutil.Error, TypeError):
-                if p.pid != os.getpid() and any(marker in a for a in p.info["cmdline"] or ()):
+                if p.pid not in ours and any(marker in a for a in p.info["cmdline"] or ()):
                     leftovers.append(f"pid {p.pid} {' '.join(p.info['cmdline'])[:80]}")
                     p.kill()
         for child in psutil.Process().children(recursive=True):
@@ -338,6 +344,7 @@ def measure_steady(
         res.helper_idle_cpu = (cpu_seconds(helper) - hcpu0) / elapsed * 100
     res.msgs_per_mock_s = (rx.stats()["received"] - before) / elapsed / max(len(mock_pids), 1)
     res.loads["pss"] = load1()
+    phase("memory (PSS of every mock)")
     total, measured, uss = pss_of(mock_pids)
     res.pss_per_mock = total / max(measured, 1) / MIB
     res.uss_per_mock = uss / max(measured, 1) / MIB
@@ -496,6 +503,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     helper = psutil.Process(zygote_pid)
 
     # --- start
+    phase(f"starting {n} mocks")
     cpu0 = cpu_seconds(supervisor) + cpu_seconds(helper, children=True)
     res.loads["start"] = load1()
     t0 = time.time()
@@ -524,6 +532,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     measure_ready(rx, n, t0, args.ready_timeout, res, list(pids.values()))
 
     # --- steady state
+    phase(f"{res.running} running; sending for {args.settle:.0f}s, then idle CPU")
     time.sleep(args.settle)  # let them send for a while before measuring memory
     measure_steady(rx, res, list(pids.values()), supervisor, helper, args.idle_seconds)
 
@@ -531,6 +540,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     renice(supervisor.pid, args.renice_supervisor, res)
     res.loads["kill"] = load1()
     victims = random.Random(1).sample(sorted(pids.values()), min(args.kills, n // 2))
+    phase(f"exit detection: kill -9 of {len(victims)} mocks")
     killed = kill_mocks(victims, args.kill_spacing)
     res.kills = len(killed)
     lat = wait_for(
@@ -551,6 +561,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
 def upgrade_phase(args: argparse.Namespace, tower: Tower, base: Path, res: Result) -> None:
     from mockfleet.tower.triggers import write_upgrade
 
+    phase("in-place upgrade")
     version = "99.0.0-bench"
     artifact = base / f"mockfleet-{version}.zip"
     sha = build_artifact(artifact)
@@ -788,6 +799,7 @@ def run_supervisord(args: argparse.Namespace, procs: Processes, workdir: Path) -
     measure_ready(rx, n, t0, args.ready_timeout, res, pids)
 
     # --- steady state
+    phase(f"{res.running} running; sending for {args.settle:.0f}s, then idle CPU")
     time.sleep(args.settle)  # let them send for a while before measuring memory
     measure_steady(rx, res, pids, supervisor, None, args.idle_seconds)
 
@@ -1031,6 +1043,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-supervisord", action="store_true")
     p.add_argument("--skip-upgrade", action="store_true")
+    p.add_argument(
+        "--keep", type=Path, help="work in this new directory and keep it (logs, events)"
+    )
     p.add_argument("--kills", type=int, default=100, help="mocks to kill -9 (default 100)")
     p.add_argument("--kill-spacing", type=float, default=0.02, help="seconds between kills")
     p.add_argument("--settle", type=float, default=10.0, help="seconds of sending before PSS")
@@ -1083,6 +1098,9 @@ def main(argv: list[str] | None = None) -> int:
     sd_res: Result | None = None
     with tempfile.TemporaryDirectory(prefix="tower-bench-") as tmp, terminate_on_sigterm():
         workdir = Path(tmp)
+        if args.keep is not None:  # logs, events and trigger roots kept for a look afterwards
+            workdir = args.keep
+            workdir.mkdir(parents=True, exist_ok=False)
         procs = Processes(workdir)
         try:
             phases: list[str] = ["tower"]

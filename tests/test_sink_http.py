@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -276,6 +277,20 @@ def test_a_server_that_never_answers_times_out(opened: list[HttpSink]) -> None:
     assert not out.ok and out.retries == 1
     assert out.error is not None and "timed out" in out.error
     assert elapsed < 5
+
+
+def test_plain_http_leaves_its_timeouts_to_the_kernel(
+    http_server: RecordingServer, opened: list[HttpSink]
+) -> None:
+    """A blocking socket with SO_SNDTIMEO/SO_RCVTIMEO: CPython then makes no
+    poll() before each send and receive (two system calls a message saved)."""
+    sink = open_sink(opened, http_server.url("/k"), timeout=2.5)
+    assert sink.send(b"{}", go_on).ok
+    sock = sink._sock
+    assert sock is not None and sock.gettimeout() is None
+    for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        sec, usec = struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, opt, 16))
+        assert (sec, usec) == (2, 500_000)
 
 
 def test_a_stop_during_backoff_returns_promptly(

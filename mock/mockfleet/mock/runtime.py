@@ -34,6 +34,8 @@ from mockfleet.mock.sinks.base import FatalSinkError, Sink, SinkError
 
 #: Longest sleep without looking at the stop file.
 STOP_FILE_CHECK = 1.0
+#: Shortest time between two looks at the stop file.
+STOP_FILE_LOOK = 0.25
 #: A graceful stop never takes longer than this to close the sink.
 CLOSE_TIMEOUT = 5.0
 #: Backoff between connection attempts while the backend is unreachable.
@@ -118,12 +120,21 @@ class DeviceRunner:
         self.waker = _Waker()
         self._last_backfill_send = 0.0
         self._errors_logged = 0
+        self._stop_file_seen = float("-inf")
 
     # ------------------------------------------------------------------ waiting
 
     def stopping(self) -> bool:
-        if self.waker.stop_reason is None and self.stop_file and os.path.exists(self.stop_file):
-            self.waker.stop_reason = "stop file"
+        if self.waker.stop_reason is None and self.stop_file:
+            # One look at the stop file per STOP_FILE_LOOK at most, not one per
+            # call: a loop turn asks several times, and each look is a system
+            # call that thousands of devices would repeat. A stop also arrives
+            # as a signal, which is seen at once.
+            now = time.monotonic()
+            if now - self._stop_file_seen >= STOP_FILE_LOOK:
+                self._stop_file_seen = now
+                if os.path.exists(self.stop_file):
+                    self.waker.stop_reason = "stop file"
         return self.waker.stop_reason is not None
 
     def wait(self, seconds: float) -> bool:

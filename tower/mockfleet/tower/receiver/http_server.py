@@ -169,8 +169,19 @@ class HttpCounters:
         }
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: buffer bytes, answer each complete request in order."""
+#: One receive buffer per server, lent to whichever connection is being read:
+#: the loop handles one read at a time and consumes it before the next.
+RECV_BUFFER = 64 * 1024
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One client connection: buffer bytes, answer each complete request in order.
+
+    A buffered protocol: asyncio reads into the server's one buffer
+    (``recv_into``). A plain protocol gets a new bytes object per read, which
+    asyncio allocates at 256 KiB and then shrinks: three memory-mapping system
+    calls per request, thousands of times a second under a fleet's load.
+    """
 
     __slots__ = ("_buf", "_head", "_server", "_transport")
 
@@ -202,7 +213,13 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server._rx_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._server._rx_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -288,6 +305,7 @@ class HttpReceiver:
         self._report = report or (lambda per_device: stats.snapshot(per_device=per_device))
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._rx_view = memoryview(bytearray(RECV_BUFFER))
         ack_body = b"{}" if ack_status == 200 else b""
         # Pre-built acknowledgements: the common path allocates nothing.
         self._acks = {
