@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from importlib.util import cache_from_source
 from pathlib import Path
 
 import psutil
@@ -57,6 +58,9 @@ def test_upgrade_re_execs_in_place_and_keeps_every_mock(base: Path) -> None:
     (started,) = wait_for(upgraded, 60)
     assert started["pid"] == tower.pid  # same process: exec, not a new tower
     assert str(started["code"]).startswith(str(root / "versions" / "9.9.9"))
+    # byte-compiled before the exec: the new tower loads bytecode, compiles nothing
+    sources = list((root / "versions" / "9.9.9").rglob("*.py"))
+    assert sources and all(Path(cache_from_source(str(p))).is_file() for p in sources)
     assert tower.proc.poll() is None
     wait_for(lambda: any(e["event"] == "upgrade-complete" for e in tower.events()), 30)
     assert not (root / "upgrade").exists()

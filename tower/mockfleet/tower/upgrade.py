@@ -103,8 +103,13 @@ def _smoke_test(site: str, timeout: float = 60.0) -> None:
     env = dict(os.environ)
     base = env.get("MOCKFLEET_TOWER_BASE_PYTHONPATH", env.get("PYTHONPATH", ""))
     env["PYTHONPATH"] = site + (os.pathsep + base if base else "")
+    # It also byte-compiles the whole new tree: the re-executed tower and its
+    # zygote then load cached bytecode instead of compiling every module while
+    # thousands of mocks wait to be supervised again.
     code = (
-        "import sys, mockfleet.tower.supervisor as s, mockfleet.tower.zygote, "
+        "import sys, compileall;"
+        f"compileall.compile_dir({site!r}, quiet=2, workers=1);"
+        "import mockfleet.tower.supervisor as s, mockfleet.tower.cli, mockfleet.tower.zygote, "
         "mockfleet.mock.preload;"
         f"sys.exit(0 if s.__file__.startswith({site!r}) else 3)"
     )
