@@ -271,12 +271,16 @@ class Tower:
                 self.planwatch.fileno(), selectors.EVENT_READ, self.planwatch.on_readable
             )
         previous = os.environ.pop("MOCKFLEET_TOWER_PREVIOUS", None)
+        exec_at = os.environ.pop("MOCKFLEET_TOWER_EXEC_AT", None)
         self._take_handover()
         self.events.emit(
             "tower-started",
             pid=self.me,
             version=self.version,
             previous_version=previous,
+            # after an in-place upgrade: how long the new code took to start
+            since_exec_s=_since(exec_at),
+            setup_s=round(time.monotonic() - self.started_mono, 3),
             code=os.path.dirname(os.path.abspath(__file__)),
             http=self.http.address if self.http else None,
         )
@@ -302,13 +306,11 @@ class Tower:
             self._step()
             if self.shutting_down and self._shutdown_complete():
                 break
-            if (
-                self.upgrade_to is not None
-                and not self.inflight
-                and not self.to_commit
-                and not self.syncing
-            ):
-                self._exec_upgrade()
+            if self.upgrade_to is not None and not self.inflight:
+                if self.zygote.pid and self.zygote.sock is not None:
+                    self._let_zygote_go()
+                if not self.zygote.pid and not self.to_commit and not self.syncing:
+                    self._exec_upgrade()
         self._final_cleanup()
         return 0
 
@@ -1064,11 +1066,29 @@ class Tower:
         env["PYTHONPATH"] = site + (os.pathsep + old if old else "")
         env["MOCKFLEET_TOWER_VERSION"] = version
         env["MOCKFLEET_TOWER_PREVIOUS"] = self.version
+        env["MOCKFLEET_TOWER_EXEC_AT"] = repr(time.time())
         signal.set_wakeup_fd(-1)
         argv = [sys.executable, "-m", "mockfleet.tower", *self.cfg.to_argv()]
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, argv, env)
+
+    def _let_zygote_go(self) -> None:
+        """Before an exec: close the zygote's socket so that it exits, while
+        this loop goes on reaping and stopping mocks. The exec waits for its
+        exit (seen by ``reap``), so the mocks go unsupervised only for the
+        new code's start-up, not also for a zygote's teardown."""
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.zygote.fileno())
+        self.zygote.close()
+        pid = self.zygote.pid
+
+        def overdue() -> None:
+            if self.zygote.pid == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+        self.at(5.0, overdue)
 
     def _stop_zygote(self, timeout: float) -> None:
         """Close the zygote's socket and reap it synchronously."""
@@ -1222,6 +1242,13 @@ class Tower:
             "lots": lots,
             "shutting_down": self.shutting_down,
         }
+
+
+def _since(stamp: str | None) -> float | None:
+    try:
+        return round(time.time() - float(stamp), 3) if stamp else None
+    except ValueError:
+        return None
 
 
 def _handed_over(obj: Any) -> dict[str, PidRecord]:
