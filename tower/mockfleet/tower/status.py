@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from mockfleet.tower.upgrade import last_failure
 
 if TYPE_CHECKING:
     from mockfleet.tower.supervisor import Tower
-
-
-class TowerCollector(Collector):
-    def __init__(self, tower: Tower) -> None:
-        self.tower = tower
-
-    def collect(self) -> Iterator[Metric]:
-        st = self.tower.status()
-        mocks = GaugeMetricFamily("mockfleet_tower_mocks", "Mocks by state.", labels=["state"])
-        for state, n in st["mocks"].items():
-            mocks.add_metric([state], n)
-        yield mocks
-        pending = GaugeMetricFamily("mockfleet_tower_pending_triggers", "Start triggers waiting.")
-        pending.add_metric([], st["pending_triggers"])
-        yield pending
-        exits = CounterMetricFamily(
-            "mockfleet_tower_mock_exits", "Mock exits by reason.", labels=["reason"]
-        )
-        for reason, n in st["exits"].items():
-            exits.add_metric([reason], n)
-        yield exits
-        lot_mocks = GaugeMetricFamily(
-            "mockfleet_lot_mocks", "Running mocks per lot.", labels=["lot"]
-        )
-        sent = CounterMetricFamily("mockfleet_lot_messages_sent", "Messages sent.", labels=["lot"])
-        failed = CounterMetricFamily(
-            "mockfleet_lot_messages_failed", "Sends failed.", labels=["lot"]
-        )
-        sent_bytes = CounterMetricFamily("mockfleet_lot_bytes_sent", "Bytes sent.", labels=["lot"])
-        for lot, t in st["lots"].items():
-            lot_mocks.add_metric([lot], t["mocks"])
-            sent.add_metric([lot], t["sent"])
-            failed.add_metric([lot], t["send_errors"])
-            sent_bytes.add_metric([lot], t["bytes"])
-        yield from (lot_mocks, sent, failed, sent_bytes)
-        info = GaugeMetricFamily("mockfleet_tower_info", "Tower version.", labels=["version"])
-        info.add_metric([st["version"]], 1)
-        yield info
 
 
 def status_document(
@@ -74,8 +32,10 @@ def status_document(
 class StatusPages:
     def __init__(self, tower: Tower) -> None:
         self.tower = tower
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(TowerCollector(tower))
+        # prometheus_client (and the http.server it imports) costs a tower tens
+        # of milliseconds of start-up, which an upgrade spends with every mock
+        # unsupervised: it is imported on the first /metrics request instead.
+        self._metrics: Callable[[], bytes] | None = None
 
     def handle(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
@@ -87,5 +47,9 @@ class StatusPages:
             doc = status_document(self.tower.status(), last_failure(self.tower.root))
             return 200, "application/json", json.dumps(doc).encode() + b"\n"
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+            if self._metrics is None:
+                from mockfleet.tower.metrics import exposition
+
+                self._metrics = exposition(self.tower)
+            return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
         return 404, "text/plain", b"not found: try /healthz, /status or /metrics\n"

@@ -1258,10 +1258,10 @@ def _handed_over(obj: Any) -> dict[str, PidRecord]:
     if not isinstance(obj, list):
         return out
     for item in obj:
-        if not isinstance(item, dict) or item.get("child") is not True:
+        if not isinstance(item, dict) or item.pop("child", None) is not True:
             continue
         try:
-            rec = pid_record_from({k: v for k, v in item.items() if k != "child"})
+            rec = pid_record_from(item)
         except (ValueError, TypeError):
             continue
         out[rec.mock_id] = rec
