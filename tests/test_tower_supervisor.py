@@ -67,17 +67,21 @@ def test_500_mocks_start_and_stop_through_triggers(base: Path) -> None:
     assert tower.stop() == 0
 
 
-def test_kill_9_is_detected_and_restarted_per_policy(base: Path) -> None:
+@pytest.mark.parametrize("forking", ["clone-parent", "double-fork"])
+def test_kill_9_is_detected_and_restarted_per_policy(base: Path, forking: str) -> None:
     root = base / "root"
     fast = {"policy": "OnFailure", "backoff": "50ms", "maxBackoff": "100ms", "maxRestarts": 3}
     again = write_lot(base / "again.yaml", "again", {}, restart=fast)
     never = write_lot(base / "never.yaml", "never", {}, restart={"policy": "Never"})
-    tower = TowerProc(root)
+    env = {"MOCKFLEET_NO_CLONE_PARENT": "1"} if forking == "double-fork" else {}
+    tower = TowerProc(root, env=env)
     tower.wait_ready()
     _start_many(root, again, 20, "a")
     _start_many(root, never, 20, "n")
     wait_for(lambda: len(pids(root)) == 40, 60)
     before = pids(root)
+    # either way, every mock is the tower's own child
+    assert {psutil.Process(pid).ppid() for pid in before.values()} == {tower.pid}
     rng = random.Random(7)
     victims = rng.sample(sorted(before), 12)
     for mock_id in victims:

@@ -54,14 +54,24 @@ def write_lot(
 
 
 class TowerProc:
-    def __init__(self, root: Path, *extra: str, device: str | None = DEVICE) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *extra: str,
+        device: str | None = DEVICE,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         args = [sys.executable, "-m", "mockfleet.tower", "--root", str(root), *extra]
         if device:
             args += ["--device", device]
         self.stderr = open(root.parent / f"tower-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            env={**os.environ, **(env or {})},
         )
         self.pid = self.proc.pid
 

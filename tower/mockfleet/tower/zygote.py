@@ -5,10 +5,11 @@ the tower's state), it imports and preloads everything a device needs once,
 freezes the garbage collector (so children do not dirty the shared pages),
 then serves start requests over a SOCK_SEQPACKET socket (fd 3).
 
-For each request it double-forks: an intermediate child forks the mock and
-exits at once, so the mock is orphaned and re-parented to the tower, which is
-a child subreaper: every mock is the tower's direct child and the tower alone
-reaps them. The mock then waits on a *gate* pipe whose write end goes to the
+Each mock is forked with ``clone(CLONE_PARENT)`` (see sibling): it is the
+tower's direct child and the tower alone reaps it. Where that is not
+available the zygote double-forks instead: an intermediate child forks the
+mocks and exits, and the orphans are re-parented to the tower, a child
+subreaper. The mock then waits on a *gate* pipe whose write end goes to the
 tower (SCM_RIGHTS); the tower closes it once the mock's PID file is durable.
 On end-of-file the mock runs only if the PID file names it, so a tower that
 dies in between never leaves a mock nobody knows about.
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mockfleet.mock.counters import map_slot
-from mockfleet.tower import prefork
+from mockfleet.tower import prefork, sibling
 from mockfleet.tower.linux import proc_stat, set_process_name
 
 #: niceness added to every mock (see _mock)
@@ -162,48 +163,16 @@ class Zygote:
             gc.collect()
             gc.freeze()
         gates = [os.pipe() for _ in todo]
-        report_r, report_w = os.pipe()
         # The children's allocations then take fresh pages, not copies (see prefork).
         placeholders = prefork.fill()
         prefork.trim_heap()
-        mid_pid = os.fork()
-        if mid_pid == 0:  # the intermediate: fork the mocks, report them, vanish
-            try:
-                set_process_name("mf-intermediate")
-                os.close(report_r)
-                # Fork them all first: every page this process writes between two
-                # forks is copied (copy-on-write), so the loop does next to nothing.
-                pids = [0] * len(todo)
-                for i in range(len(todo)):
-                    pid = os.fork()
-                    if pid == 0:
-                        self._mock_child(todo[i], gates, i, report_w)
-                    pids[i] = pid
-                lines = []
-                for pid in pids:
-                    st = proc_stat(pid)  # still our child: it cannot be reaped yet
-                    lines.append(f"{pid} {st.start_ticks if st else -1}")
-                data = ("\n".join(lines) + "\n").encode()
-                while data:
-                    data = data[os.write(report_w, data) :]
-            finally:
-                os._exit(0)
+        if sibling.available():
+            reports = self._fork_siblings(todo, gates)
+        else:
+            reports = self._fork_through_intermediate(todo, gates)
         del placeholders
-        os.close(report_w)
         for r, _w in gates:
             os.close(r)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(report_r, 65536)
-            except InterruptedError:
-                continue
-            if not chunk:
-                break
-            chunks.append(chunk)
-        os.close(report_r)
-        os.waitpid(mid_pid, 0)
-        reports = b"".join(chunks).decode().split("\n")
         for i, (req, lot) in enumerate(todo):
             gate_w = gates[i][1]
             try:
@@ -227,6 +196,73 @@ class Zygote:
             out.append((reply, gate_w))
         return out
 
+    def _fork_siblings(
+        self, todo: list[tuple[dict[str, Any], Any]], gates: list[tuple[int, int]]
+    ) -> list[str]:
+        """Fork each mock as the tower's own child (see sibling): "pid ticks"
+        per mock, ticks -1 where the fork failed."""
+        # Fork them all first: every page this process writes between two
+        # forks is copied (copy-on-write), so the loop does next to nothing.
+        pids = [-1] * len(todo)
+        for i in range(len(todo)):
+            try:
+                pid = sibling.fork_sibling()
+            except OSError:
+                continue
+            if pid == 0:
+                self._mock_child(todo[i], gates, i, None)
+            pids[i] = pid
+        tower = os.getppid()
+        lines = []
+        for pid in pids:
+            # Not our child, so nothing stops the tower reaping it; but it waits
+            # on its gate and cannot have exited unless killed. A dead or
+            # foreign process here (PID reused) is reported as a failed fork.
+            st = proc_stat(pid) if pid > 0 else None
+            ok = st is not None and st.ppid == tower and st.state not in ("Z", "X")
+            lines.append(f"{pid} {st.start_ticks if st is not None and ok else -1}")
+        return lines
+
+    def _fork_through_intermediate(
+        self, todo: list[tuple[dict[str, Any], Any]], gates: list[tuple[int, int]]
+    ) -> list[str]:
+        """The fallback: an intermediate child forks the mocks and exits, so
+        they are re-parented to the tower (a child subreaper)."""
+        report_r, report_w = os.pipe()
+        mid_pid = os.fork()
+        if mid_pid == 0:  # the intermediate: fork the mocks, report them, vanish
+            try:
+                set_process_name("mf-intermediate")
+                os.close(report_r)
+                pids = [0] * len(todo)
+                for i in range(len(todo)):
+                    pid = os.fork()
+                    if pid == 0:
+                        self._mock_child(todo[i], gates, i, report_w)
+                    pids[i] = pid
+                lines = []
+                for pid in pids:
+                    st = proc_stat(pid)  # still our child: it cannot be reaped yet
+                    lines.append(f"{pid} {st.start_ticks if st else -1}")
+                data = ("\n".join(lines) + "\n").encode()
+                while data:
+                    data = data[os.write(report_w, data) :]
+            finally:
+                os._exit(0)
+        os.close(report_w)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(report_r, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(report_r)
+        os.waitpid(mid_pid, 0)
+        return b"".join(chunks).decode().split("\n")
+
     def _restart_policy(self, lot: Any) -> dict[str, Any]:
         """The lot's restart settings as JSON (cached: a model_dump per start is costly)."""
         key = id(lot)
@@ -237,11 +273,16 @@ class Zygote:
         return hit[1]
 
     def _mock_child(
-        self, item: tuple[dict[str, Any], Any], gates: list[tuple[int, int]], i: int, report_w: int
+        self,
+        item: tuple[dict[str, Any], Any],
+        gates: list[tuple[int, int]],
+        i: int,
+        report_w: int | None,
     ) -> None:
         """Right after the fork, in the mock: drop the other mocks' descriptors."""
         set_process_name("mf-mock")
-        os.close(report_w)
+        if report_w is not None:
+            os.close(report_w)
         for j, (r, w) in enumerate(gates):
             os.close(w)
             if j != i:

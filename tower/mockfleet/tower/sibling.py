@@ -1,0 +1,90 @@
+"""Fork a child of our parent: ``clone(CLONE_PARENT)``, which Python's
+``os.fork`` cannot ask for.
+
+The zygote forks every mock, but the tower must be each mock's parent: it
+alone reaps them and learns their exit status. A plain fork needs a
+throw-away intermediate process that forks the mock and exits, so that the
+orphan is re-parented to the tower (a child subreaper). That costs a second
+full fork and a full process teardown per batch, and every mock's memory
+then hangs off a three-level chain of shared mappings (zygote, intermediate,
+mock) that every later fork, fault and exit must walk under shared locks.
+With CLONE_PARENT the mock is the tower's child from birth.
+
+The system call is made through ``ctypes.PyDLL`` (the GIL stays held, as in
+``os.fork``), bracketed by the interpreter's own fork hooks
+(``PyOS_BeforeFork`` / ``PyOS_AfterFork_Child`` / ``PyOS_AfterFork_Parent``),
+which re-initialise its locks and threads and run ``os.register_at_fork``
+callbacks. C libraries' ``pthread_atfork`` handlers do not run: the zygote
+is single-threaded, so no lock can be held by another thread at the fork.
+
+``available()`` is False where the system call number is unknown or ctypes
+cannot load the C library; the zygote then falls back to the double fork.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import signal
+from collections.abc import Callable
+
+#: clone(2)'s number where the argument order is (flags, stack, ...) and zeros suffice
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "arm64": 220}
+CLONE_PARENT = 0x00008000
+
+
+def _load() -> Callable[[int], int] | None:
+    nr = _SYS_CLONE.get(platform.machine())
+    if nr is None or not hasattr(ctypes, "pythonapi"):
+        return None
+    if os.environ.get("MOCKFLEET_NO_CLONE_PARENT"):  # take the fallback (tests, diagnosis)
+        return None
+    try:
+        libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [
+        ctypes.c_long,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    for hook in ("PyOS_BeforeFork", "PyOS_AfterFork_Child", "PyOS_AfterFork_Parent"):
+        getattr(ctypes.pythonapi, hook).restype = None
+        getattr(ctypes.pythonapi, hook).argtypes = []
+
+    def clone(flags: int) -> int:
+        return int(syscall(nr, flags, None, None, None, None))
+
+    return clone
+
+
+_CLONE = _load()
+
+
+def available() -> bool:
+    return _CLONE is not None
+
+
+def fork_sibling() -> int:
+    """Like ``os.fork``, but the child's parent is our parent. Returns 0 in
+    the child and the child's PID in the caller; raises OSError on failure."""
+    if _CLONE is None:
+        raise OSError("clone(CLONE_PARENT) is not available here")
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _CLONE(CLONE_PARENT | signal.SIGCHLD)
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
