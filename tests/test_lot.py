@@ -153,3 +153,10 @@ def test_lot_is_a_kubernetes_manifest() -> None:
     data = yaml.safe_load((ROOT / "examples" / "thermostats.yaml").read_text())
     assert data["apiVersion"] == "mockfleet.dev/v1alpha1"
     assert data["kind"] == "MockLot"
+
+
+@pytest.mark.parametrize("timeout", ["0s", 0, "-1s"])
+def test_an_http_timeout_must_be_positive(timeout: object) -> None:
+    sink = {"type": "http", "url": "http://127.0.0.1:9/x", "timeout": timeout}
+    found = problems(lot_with(sink=sink))
+    assert any(p.startswith("spec.sink.timeout:") for p in found), found

@@ -342,7 +342,11 @@ class HttpSink(_Model):
     auth: HttpAuth | None = None
     tls: Tls = Field(default_factory=Tls)
     keepAlive: bool = True
-    timeout: Duration = 5.0
+    timeout: Duration = Field(
+        default=5.0,
+        gt=0,
+        description="Longest wait to connect, send or receive (a duration such as '5s').",
+    )
     retries: Retries = Field(default_factory=Retries)
     commandField: str = Field(
         default="command", description="Field of a JSON response body that carries a command."

@@ -325,7 +325,10 @@ def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
     timed-out call then fails with EAGAIN, which ``_request`` reports as a
     timeout."""
     sec = int(timeout)
-    tv = struct.pack("ll", sec, int((timeout - sec) * 1_000_000))
+    usec = int((timeout - sec) * 1_000_000)
+    if not sec and not usec:
+        usec = 1  # zero would mean no timeout at all
+    tv = struct.pack("ll", sec, usec)
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
