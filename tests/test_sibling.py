@@ -58,3 +58,19 @@ def test_the_fallback_can_be_forced() -> None:
     env = {**os.environ, "MOCKFLEET_NO_CLONE_PARENT": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_refused_clone_switches_to_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seccomp filter that refuses clone(CLONE_PARENT) (EPERM) must not fail
+    every start: the zygote stops asking and double-forks instead."""
+    import ctypes
+    import errno
+
+    def refused(_flags: int) -> int:
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(sibling, "_CLONE", refused)
+    with pytest.raises(PermissionError):
+        sibling.fork_sibling()
+    assert not sibling.available()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import signal
@@ -86,5 +87,13 @@ def fork_sibling() -> int:
     err = ctypes.get_errno()
     api.PyOS_AfterFork_Parent()
     if pid < 0:
+        if err in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
+            # refused outright (a seccomp filter, say): never ask again
+            _disable()
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
+
+
+def _disable() -> None:
+    global _CLONE
+    _CLONE = None

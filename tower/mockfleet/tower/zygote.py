@@ -166,9 +166,8 @@ class Zygote:
         # The children's allocations then take fresh pages, not copies (see prefork).
         placeholders = prefork.fill()
         prefork.trim_heap()
-        if sibling.available():
-            reports = self._fork_siblings(todo, gates)
-        else:
+        reports = self._fork_siblings(todo, gates) if sibling.available() else None
+        if reports is None:
             reports = self._fork_through_intermediate(todo, gates)
         del placeholders
         for r, _w in gates:
@@ -198,9 +197,10 @@ class Zygote:
 
     def _fork_siblings(
         self, todo: list[tuple[dict[str, Any], Any]], gates: list[tuple[int, int]]
-    ) -> list[str]:
+    ) -> list[str] | None:
         """Fork each mock as the tower's own child (see sibling): "pid ticks"
-        per mock, ticks -1 where the fork failed."""
+        per mock, ticks -1 where the fork failed. None when the system refuses
+        clone(CLONE_PARENT) itself: the caller then double-forks instead."""
         # Fork them all first: every page this process writes between two
         # forks is copied (copy-on-write), so the loop does next to nothing.
         pids = [-1] * len(todo)
@@ -208,6 +208,8 @@ class Zygote:
             try:
                 pid = sibling.fork_sibling()
             except OSError:
+                if not sibling.available() and i == 0:
+                    return None  # refused, and nothing forked yet
                 continue
             if pid == 0:
                 self._mock_child(todo[i], gates, i, None)
