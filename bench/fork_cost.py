@@ -1,0 +1,96 @@
+"""What one fork costs the zygote, by what the forking process holds.
+
+A mock's start and its exit both scale with the zygote's size: fork copies
+the page tables and links every mapping (VMA) of the parent, exit tears them
+down again. This prints fork + exit + wait of a child that exits at once,
+from a fresh interpreter per stage:
+
+    python bench/fork_cost.py [--rounds 200]
+
+stages: ``bare`` (the standard library a device uses), ``pydantic``
+(imported), ``lot-models`` (mockfleet's lot schema built), ``zygote`` (the
+zygote's full preload with a lot prepared and rehearsed). Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("bare", "pydantic", "lot-models", "zygote")
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(stage: str, rounds: int) -> str:
+    import gc
+    import json  # noqa: F401
+    import mmap  # noqa: F401
+    import select  # noqa: F401
+    import socket  # noqa: F401
+    import ssl  # noqa: F401
+    import struct  # noqa: F401
+
+    if stage == "pydantic":
+        import pydantic  # noqa: F401
+    elif stage == "lot-models":
+        import mockfleet.mock.lot  # noqa: F401
+    elif stage == "zygote":
+        from mockfleet.mock.preload import preload, prepare_lot
+
+        preload(())
+        prepare_lot(str(REPO / "examples" / "quickstart.yaml"))
+    gc.collect()
+    gc.freeze()
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+        return (time.perf_counter() - t0) / rounds * 1000
+
+    once()  # warm
+    best = min(once() for _ in range(3))
+    with open("/proc/self/maps") as f:
+        vmas = sum(1 for _ in f)
+    anon = _status("RssAnon") / 1024
+    return f"{stage:11s} {anon:8.1f} MiB {vmas:6d} {best:10.2f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=200, help="forks per measurement")
+    p.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # one stage, in a child
+    args = p.parse_args(argv)
+    if args.stage:
+        print(measure(args.stage, args.rounds), flush=True)
+        return 0
+    print(f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+    print(f"{'stage':11s} {'anonymous':>12s} {'VMAs':>6s} {'fork+exit':>13s}")
+    for stage in STAGES:
+        out = subprocess.run(
+            [sys.executable, __file__, "--stage", stage, "--rounds", str(args.rounds)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        print(out.stdout.strip() or f"{stage}: failed: {out.stderr.strip()[-300:]}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
