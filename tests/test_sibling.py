@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 
 import pytest
 
@@ -46,18 +45,16 @@ def test_the_sibling_is_reaped_by_the_grandparent_with_its_exit_code() -> None:
     assert reaped == {middle: 0, made: 7}
 
 
-def test_the_fallback_can_be_forced() -> None:
-    code = textwrap.dedent(
-        """
-        from mockfleet.tower import sibling
-        print(sibling.available())
-        """
-    )
+def test_it_is_opt_in() -> None:
+    code = "from mockfleet.tower import sibling; print(sibling.enabled())"
     import subprocess
 
-    env = {**os.environ, "MOCKFLEET_NO_CLONE_PARENT": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "False", out.stderr
+    for value, expected in ((None, "False"), ("1", "True")):
+        env = {k: v for k, v in os.environ.items() if k != "MOCKFLEET_CLONE_PARENT"}
+        if value is not None:
+            env["MOCKFLEET_CLONE_PARENT"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == expected, out.stderr
 
 
 def test_a_refused_clone_switches_to_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,7 +73,7 @@ def test_kill_9_is_detected_and_restarted_per_policy(base: Path, forking: str) -
     fast = {"policy": "OnFailure", "backoff": "50ms", "maxBackoff": "100ms", "maxRestarts": 3}
     again = write_lot(base / "again.yaml", "again", {}, restart=fast)
     never = write_lot(base / "never.yaml", "never", {}, restart={"policy": "Never"})
-    env = {"MOCKFLEET_NO_CLONE_PARENT": "1"} if forking == "double-fork" else {}
+    env = {"MOCKFLEET_CLONE_PARENT": "1"} if forking == "clone-parent" else {}
     tower = TowerProc(root, env=env)
     tower.wait_ready()
     _start_many(root, again, 20, "a")

@@ -47,8 +47,7 @@ def prctl(option: int, arg: int) -> None:
 
 
 def set_child_subreaper() -> None:
-    """Orphaned descendants (mocks of the double-fork fallback, mocks of a
-    crashed zygote's batch) are re-parented to us."""
+    """Orphaned descendants (the double-forked mocks) are re-parented to us."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 

@@ -5,12 +5,13 @@ the tower's state), it imports and preloads everything a device needs once,
 freezes the garbage collector (so children do not dirty the shared pages),
 then serves start requests over a SOCK_SEQPACKET socket (fd 3).
 
-Each mock is forked with ``clone(CLONE_PARENT)`` (see sibling): it is the
-tower's direct child and the tower alone reaps it. Where that is not
-available the zygote double-forks instead: an intermediate child forks the
-mocks and exits, and the orphans are re-parented to the tower, a child
-subreaper. The mock then waits on a *gate* pipe whose write end goes to the
-tower (SCM_RIGHTS); the tower closes it once the mock's PID file is durable.
+For each batch it double-forks: an intermediate child forks the mocks and
+exits, so the mocks are orphaned and re-parented to the tower, a child
+subreaper: every mock is the tower's direct child and the tower alone reaps
+it. (Opt-in, ``MOCKFLEET_CLONE_PARENT=1``: each mock is forked with
+``clone(CLONE_PARENT)`` instead, see sibling.) The mock then waits on a
+*gate* pipe whose write end goes to the tower (SCM_RIGHTS); the tower closes
+it once the mock's PID file is durable.
 On end-of-file the mock runs only if the PID file names it, so a tower that
 dies in between never leaves a mock nobody knows about.
 """
@@ -166,7 +167,7 @@ class Zygote:
         # The children's allocations then take fresh pages, not copies (see prefork).
         placeholders = prefork.fill()
         prefork.trim_heap()
-        reports = self._fork_siblings(todo, gates) if sibling.available() else None
+        reports = self._fork_siblings(todo, gates) if sibling.enabled() else None
         if reports is None:
             reports = self._fork_through_intermediate(todo, gates)
         del placeholders
@@ -228,8 +229,8 @@ class Zygote:
     def _fork_through_intermediate(
         self, todo: list[tuple[dict[str, Any], Any]], gates: list[tuple[int, int]]
     ) -> list[str]:
-        """The fallback: an intermediate child forks the mocks and exits, so
-        they are re-parented to the tower (a child subreaper)."""
+        """An intermediate child forks the mocks and exits, so they are
+        re-parented to the tower (a child subreaper)."""
         report_r, report_w = os.pipe()
         mid_pid = os.fork()
         if mid_pid == 0:  # the intermediate: fork the mocks, report them, vanish
