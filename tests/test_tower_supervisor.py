@@ -386,9 +386,15 @@ def test_each_mock_maps_only_its_own_counter_page(base: Path) -> None:
         name: json.loads((root / "pids" / name).read_text()) for name in os.listdir(root / "pids")
     }
     assert max(r["slot"] for r in records.values()) >= 32
+
+    def counter_maps(pid: int) -> list[str]:
+        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        return [line for line in maps if line.endswith("/counters.bin")]
+
+    # A mock maps its slot once its gate opens, just after its PID file is written.
+    wait_for(lambda: all(counter_maps(r["pid"]) for r in records.values()), 30)
     for rec in records.values():
-        maps = Path(f"/proc/{rec['pid']}/maps").read_text().splitlines()
-        mapped = [line for line in maps if line.endswith("/counters.bin")]
+        mapped = counter_maps(rec["pid"])
         assert len(mapped) == 1, mapped
         lo, hi = (int(x, 16) for x in mapped[0].split()[0].split("-"))
         offset = int(mapped[0].split()[2], 16)

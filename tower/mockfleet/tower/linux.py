@@ -8,13 +8,15 @@ a direct system call: no threads, no polling.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
 from dataclasses import dataclass
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols, libc's among them. Not ctypes.util.find_library,
+# which runs ldconfig in a subprocess on every import (a start-up cost for
+# every tower, and a stray child for whoever watches ours).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15

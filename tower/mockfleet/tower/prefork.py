@@ -18,7 +18,6 @@ allocates there gets zero pages instead of copies of the parent's stale ones.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import re
 import sys
@@ -93,7 +92,7 @@ def _placeholder(size: int, i: int) -> object:
 
 def _libc() -> ctypes.CDLL | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL(None)  # the process's own symbols (see linux._libc)
     except OSError:
         return None
 

@@ -31,7 +31,6 @@ Python-level fork loop writes more of them than the intermediate's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -48,7 +47,9 @@ def _load() -> Callable[[int], int] | None:
     if nr is None or not hasattr(ctypes, "pythonapi"):
         return None
     try:
-        libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the process's own symbols, libc's among them: no find_library, which
+        # runs ldconfig in a subprocess on every import
+        libc = ctypes.PyDLL(None, use_errno=True)
         syscall = libc.syscall
     except (OSError, AttributeError):
         return None
