@@ -20,12 +20,11 @@ is single-threaded, so no lock can be held by another thread at the fork.
 ``available()`` is False where the system call number is unknown or ctypes
 cannot load the C library; the zygote then falls back to the double fork.
 
-It is opt-in (``MOCKFLEET_CLONE_PARENT=1`` in the tower's environment), a
-trade of memory for start rate. Measured with 1,000 HTTP mocks it started
-about 15-20% more mocks a second, but each mock kept about 0.18 MiB more
-private memory (200 devices: USS 2.51 -> 2.70 MiB): every page the zygote
-writes between two forks leaves each mock its own copy, and the zygote's
-Python-level fork loop writes more of them than the intermediate's.
+It is opt-in (``MOCKFLEET_CLONE_PARENT=1`` in the tower's environment): it
+saves a process per batch, but each mock kept about 0.18 MiB more private
+memory (200 devices: USS 2.51 -> 2.70 MiB), while the start rate it gained
+with 1,000 mocks (162-211 against 190 starts/s) stayed within the run-to-run
+noise of a 2-core machine.
 """
 
 from __future__ import annotations
