@@ -9,14 +9,24 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+def wait_for(
+    cond: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str | None = None,
+    diagnostics: Callable[[], str] | None = None,
+) -> T:
     """Poll ``cond`` until it returns something truthy (returned), or fail
-    with AssertionError after ``timeout`` seconds."""
+    with AssertionError after ``timeout`` seconds, naming ``what`` was awaited
+    and adding ``diagnostics()`` when given."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {cond}")
+            msg = f"condition not met within {timeout}s: {what or cond}"
+            if diagnostics is not None:
+                msg += "\n" + diagnostics()
+            raise AssertionError(msg)
         time.sleep(interval)

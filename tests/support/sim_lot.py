@@ -8,13 +8,13 @@ when a wait times out).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import pytest
 
 from support.kube_api import Api
+from support.polling import wait_for
 
 T = TypeVar("T")
 
@@ -59,11 +59,4 @@ class LotChecks:
     def until(self, check: Callable[[], T], what: str, timeout: float | None = None) -> T:
         """``check()``'s first truthy value; fails with diagnostics after the deadline."""
         limit = self.deadline if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {limit}s: {what}\n{self.diagnostics()}")
-            time.sleep(self.poll_interval)
+        return wait_for(check, limit, self.poll_interval, what, self.diagnostics)
