@@ -103,6 +103,9 @@ def test_many_posts_on_one_keep_alive_connection(receiver: Receiver) -> None:
 def test_two_hundred_concurrent_keep_alive_connections(receiver: Receiver) -> None:
     clients, posts = 200, 10
     all_open = threading.Barrier(clients + 1, timeout=60)
+    # Clients hold their connections until the count is read: a fast client
+    # finishing its posts and closing would otherwise race the assertion.
+    counted = threading.Event()
 
     def device(index: int) -> int:
         conn = connect(receiver)
@@ -121,7 +124,10 @@ def test_two_hundred_concurrent_keep_alive_connections(receiver: Receiver) -> No
         futures = [pool.submit(device, i) for i in range(clients)]
         all_open.wait()
         assert receiver.http is not None
-        assert receiver.http.counters.connections_open == clients
+        try:
+            assert receiver.http.counters.connections_open == clients
+        finally:
+            counted.set()
         assert sum(f.result() for f in futures) == clients * posts
     snap = receiver.report()
     assert snap["devices"] == clients
