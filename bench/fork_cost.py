@@ -4,7 +4,8 @@ A mock's start and its exit both scale with the zygote's size: fork copies
 the page tables and links every mapping (VMA) of the parent, exit tears them
 down again. This prints fork + exit + wait of a child that exits at once,
 from a fresh interpreter per stage, and (kill->reaped) how long a running
-child that dirtied ~2 MiB takes from kill -9 until its parent reaps it:
+child that dirtied ~2 MiB takes from kill -9 until its parent reaps it;
+then what one copy-on-write page costs a forked child on this machine:
 
     python bench/fork_cost.py [--rounds 200]
 
@@ -97,6 +98,31 @@ def measure(stage: str, rounds: int) -> str:
     return f"{stage:11s} {anon:8.1f} MiB {vmas:6d} {best:10.2f} ms {kill:13.2f} ms"
 
 
+def page_copy_cost(pages: int = 4000) -> float:
+    """Microseconds a forked child pays for its first write to one page it
+    shares with its parent (fault, allocation, copy): the unit price of a
+    mock's start, which writes some 800 such pages."""
+    import mmap
+
+    buf = mmap.mmap(-1, pages * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.write(b"\1" * len(buf))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        t0 = time.perf_counter()
+        for offset in range(0, len(buf), mmap.PAGESIZE):
+            buf[offset] = 2
+        os.write(w, str(time.perf_counter() - t0).encode())
+        os._exit(0)
+    os.close(w)
+    took = float(os.read(r, 64))
+    os.close(r)
+    os.waitpid(pid, 0)
+    buf.close()
+    return took / pages * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=200, help="forks per measurement")
@@ -115,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout=600,
         )
         print(out.stdout.strip() or f"{stage}: failed: {out.stderr.strip()[-300:]}", flush=True)
+    cost = min(page_copy_cost() for _ in range(3))
+    print(f"a child's first write to a shared page (copy-on-write): {cost:.2f} us")
     return 0
 
 
