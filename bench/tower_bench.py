@@ -134,20 +134,22 @@ def cpu_seconds(proc: psutil.Process, children: bool = False) -> float:
 def cpu_of(pids: Iterable[int]) -> float:
     """Summed CPU seconds of live processes (gone ones count as 0).
 
-    From the scheduler's nanosecond account (``/proc/PID/schedstat``) where
-    there is one: the tick-based user/system times round a mock's few
-    milliseconds of start-up to 0 or 10.
+    From the scheduler's nanosecond account of each live thread
+    (``/proc/PID/task/TID/schedstat``): the tick-based user/system times
+    round a mock's few milliseconds of start-up to 0 or 10.
     """
     total = 0.0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/schedstat", "rb") as f:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # gone
+        for tid in threads:
+            with (
+                contextlib.suppress(OSError, ValueError, IndexError),
+                open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f,
+            ):
                 total += int(f.read().split()[0]) / 1e9
-            continue
-        except (OSError, ValueError, IndexError):
-            pass
-        with contextlib.suppress(psutil.Error):
-            total += cpu_seconds(psutil.Process(pid))
     return total
 
 
