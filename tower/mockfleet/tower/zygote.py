@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mockfleet.mock.counters import map_slot
-from mockfleet.tower import prefork, sibling
+from mockfleet.tower import forkhooks, prefork, sibling
 from mockfleet.tower.linux import proc_stat, set_process_name
 
 #: niceness added to every mock (see _mock)
@@ -87,6 +87,7 @@ class Zygote:
         self.sock = sock
         self.root: str = cfg["root"]
         preload(())
+        forkhooks.skip_threading_after_fork_when_alone()
         self.device = load_device(cfg["device"])
         # Not mapped here: each mock maps only its own slot's page (see counters).
         self.counters_fd = os.open(cfg["counters"], os.O_RDWR | os.O_CLOEXEC)
