@@ -39,6 +39,14 @@ from mockfleet.mock.counters import map_slot
 from mockfleet.tower import forkhooks, prefork, sibling
 from mockfleet.tower.linux import proc_stat, set_process_name
 
+# The signal module's C layer (see _mock), as plain ints.
+_signal: Any = importlib.import_module("_signal")
+_MOCK_DEFAULT_SIGNALS = tuple(
+    int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+)
+_SIG_DFL = int(signal.SIG_DFL)
+_SIG_SETMASK = int(signal.SIG_SETMASK)
+
 #: niceness added to every mock (see _mock)
 MOCK_NICE = 5
 
@@ -72,9 +80,15 @@ def load_device(spec: str) -> Device:
 
 
 def _committed(root: str, mock_id: str) -> bool:
+    # os.open/os.read, not open(): a buffered file object is a dozen objects
+    # whose pages every mock would copy for this one read.
     try:
-        with open(os.path.join(root, "pids", mock_id), "rb") as f:
-            return bool(json.loads(f.read(65536)).get("pid") == os.getpid())
+        fd = os.open(os.path.join(root, "pids", mock_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+        return bool(json.loads(data).get("pid") == os.getpid())
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -306,9 +320,12 @@ class Zygote:
             with contextlib.suppress(OSError):
                 os.nice(MOCK_NICE)
             self.sock.close()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            # The C functions under the signal module: its wrappers convert each
+            # value to and from an enum, which copies pages of the zygote's memory
+            # (copy-on-write) in every mock for nothing.
+            for sig in _MOCK_DEFAULT_SIGNALS:
+                _signal.signal(sig, _SIG_DFL)
+            _signal.pthread_sigmask(_SIG_SETMASK, ())
             while True:
                 try:
                     if not os.read(gate_r, 1):
