@@ -15,9 +15,11 @@ def test_a_slot_mapped_alone_is_read_through_the_whole_file(tmp_path: Path) -> N
     path = tmp_path / "counters.bin"
     tower = CounterFile(path, 100, create=True)  # 100 slots: the last page is partial
     fd = os.open(path, os.O_RDWR)
+    size = 100 * SLOT_SIZE
     try:
         for index in (0, 31, 32, 63, 99):
-            slot = map_slot(fd, index)
+            # the zygote passes the size it looked up once; others let it look
+            slot = map_slot(fd, index, size if index % 2 else None)
             slot.reset(1000 + index, 5.0)
             slot.sent = index + 1
             slot.publish(state="on", error="none")
@@ -33,6 +35,8 @@ def test_a_slot_mapped_alone_is_read_through_the_whole_file(tmp_path: Path) -> N
         assert tower.read(1).pid == 0  # neighbours untouched
         with pytest.raises(IndexError, match="beyond the end"):
             map_slot(fd, 100)
+        with pytest.raises(IndexError, match="beyond the end"):
+            map_slot(fd, 100, size)
         with pytest.raises(IndexError, match="negative"):
             map_slot(fd, -1)
     finally:

@@ -137,13 +137,16 @@ class CounterSlot:
         struct.pack_into("<I", buf, off, self._seq)
 
 
-def map_slot(fd: int, index: int) -> CounterSlot:
-    """Slot ``index`` of the counter file open at ``fd``, mapping just its page."""
+def map_slot(fd: int, index: int, size: int | None = None) -> CounterSlot:
+    """Slot ``index`` of the counter file open at ``fd``, mapping just its page.
+    ``size`` is the file's size where the caller knows it (it is then not
+    looked up: a forked mock saves the call and the objects it touches)."""
     if index < 0:
         raise IndexError(f"counter slot {index} is negative")
     off = index * SLOT_SIZE
     base = off - off % mmap.ALLOCATIONGRANULARITY
-    size = os.fstat(fd).st_size
+    if size is None:
+        size = os.fstat(fd).st_size
     if size < off + SLOT_SIZE:
         raise IndexError(f"counter slot {index} lies beyond the end of the counter file")
     length = min(mmap.PAGESIZE, size - base)  # the last page may be partial

@@ -115,6 +115,8 @@ class Zygote:
         self.device = load_device(cfg["device"])
         # Not mapped here: each mock maps only its own slot's page (see counters).
         self.counters_fd = os.open(cfg["counters"], os.O_RDWR | os.O_CLOEXEC)
+        # The tower sized the file before starting us, once for its life.
+        self.counters_size = os.fstat(self.counters_fd).st_size
         self.creds: tuple[int, int] | None = None
         self._restart_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
         if cfg.get("run_as"):
@@ -327,8 +329,10 @@ class Zygote:
             # Devices run a little below the tower: when thousands of them share a
             # busy machine, the supervisor (exit detection, stops) and a receiver
             # on the same machine still get the CPU first.
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - not contextlib.suppress: an object whose pages each mock copies
                 os.nice(MOCK_NICE)
+            except OSError:
+                pass
             self.sock.close()
             # The C functions under the signal module: its wrappers convert each
             # value to and from an enum, which copies pages of the zygote's memory
@@ -356,7 +360,7 @@ class Zygote:
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
-            slot = map_slot(self.counters_fd, int(req["slot"]))
+            slot = map_slot(self.counters_fd, int(req["slot"]), self.counters_size)
             os.close(self.counters_fd)
             slot.reset(os.getpid(), time.time())
             stop_file = f"{self.root}/stop/{req['id']}"
