@@ -16,6 +16,7 @@ exits 0.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import select
@@ -31,6 +32,10 @@ from mockfleet.mock.device import CompiledLot, DeviceEngine
 from mockfleet.mock.exitcodes import EXIT_INTERNAL, EXIT_OK, EXIT_SINK_FATAL
 from mockfleet.mock.preload import LoadedLot
 from mockfleet.mock.sinks.base import FatalSinkError, Sink, SinkError
+
+_signal: Any = importlib.import_module("_signal")
+_STOP_SIGNALS = (int(signal.SIGTERM), int(signal.SIGINT))
+_ENCODE = json.JSONEncoder(default=str).encode
 
 #: Longest sleep without looking at the stop file.
 STOP_FILE_CHECK = 1.0
@@ -52,9 +57,14 @@ class Logger:
     def __call__(self, level: str, event: str, **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "level": level, **self.base, "event": event}
         record.update(fields)
-        with contextlib.suppress(OSError, ValueError):
-            self.stream.write(json.dumps(record, default=str) + "\n")
+        # try/except and one shared encoder rather than contextlib.suppress and
+        # json.dumps(default=str): each of those makes objects on every call,
+        # and a forked device copies the pages they touch (see preload).
+        try:
+            self.stream.write(_ENCODE(record) + "\n")
             self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 class _Waker:
@@ -67,9 +77,9 @@ class _Waker:
         os.set_blocking(self.r, False)
         os.set_blocking(self.w, False)
         self._old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
-        self._old = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        # The C layer under the signal module: its wrappers convert every value
+        # to and from an enum, objects a forked device would copy for nothing.
+        self._old = {sig: _signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_reason = f"signal {signal.Signals(signum).name}"
@@ -82,7 +92,7 @@ class _Waker:
     def close(self) -> None:
         signal.set_wakeup_fd(self._old_fd)
         for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+            _signal.signal(sig, handler)
         os.close(self.r)
         os.close(self.w)
 
