@@ -13,10 +13,17 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mockfleet.mock.device import CompiledLot
 from mockfleet.mock.lot import MockLot, load_lot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mockfleet.mock.counters import CounterSlot
+    from mockfleet.mock.runtime import DeviceRunner
+    from mockfleet.mock.sinks.base import Sink
 
 
 @dataclass(frozen=True)
@@ -96,10 +103,7 @@ def rehearse(lot: LoadedLot, messages: int = 32) -> None:
     shares those pages; otherwise each device copies every page it
     specialises during its first messages.
     """
-    import io
-
     from mockfleet.mock.counters import SLOT_SIZE, CounterSlot
-    from mockfleet.mock.runtime import DeviceRunner, Logger
     from mockfleet.mock.sinks.base import SendOutcome, Sink, Wait
 
     class Rehearsal(Sink):
@@ -116,14 +120,7 @@ def rehearse(lot: LoadedLot, messages: int = 32) -> None:
 
     slot = CounterSlot(bytearray(SLOT_SIZE), 0)
     _build_devices(lot, slot)
-    runner = DeviceRunner(
-        lot.compiled,
-        0,
-        stop_file=os.devnull + ".mockfleet-rehearsal",  # never exists
-        counters=slot,
-        log=Logger(lot.lot.name, lot.lot.device_id(0), io.StringIO()),
-        sink_factory=lambda _spec, _names: Rehearsal(),
-    )
+    runner = _rehearsal_runner(lot, 0, slot, lambda _spec, _names: Rehearsal())
     try:
         slot.reset(os.getpid(), runner.real_start)
         runner._publish()
@@ -147,26 +144,38 @@ def rehearse(lot: LoadedLot, messages: int = 32) -> None:
 DEVICE_BUILDS = 10
 
 
-def _build_devices(lot: LoadedLot, slot: Any) -> None:
+def _build_devices(lot: LoadedLot, slot: CounterSlot) -> None:
     """Build devices as a mock does at its start, with their real sink
     (a sink is closed until opened: building one does no I/O), log their
     start and drop them: the set-up code runs often enough to be quickened."""
-    import io
-
-    from mockfleet.mock.runtime import DeviceRunner, Logger
-
     for index in range(DEVICE_BUILDS):
-        runner = DeviceRunner(
-            lot.compiled,
-            index,
-            stop_file=os.devnull + ".mockfleet-rehearsal",
-            counters=slot,
-            log=Logger(lot.lot.name, lot.lot.device_id(index), io.StringIO()),
-        )
+        runner = _rehearsal_runner(lot, index, slot, None)
         try:
             runner.log("info", "started", index=index, pid=os.getpid(), state=runner.engine.state)
         finally:
             runner.waker.close()  # restores this process's signal handlers
+
+
+def _rehearsal_runner(
+    lot: LoadedLot,
+    index: int,
+    slot: CounterSlot,
+    sink_factory: Callable[[Any, dict[str, Any]], Sink] | None,
+) -> DeviceRunner:
+    """A device runner as a mock builds it, logging into memory, with a stop
+    file that never exists; ``sink_factory`` None means the lot's real sink."""
+    import io
+
+    from mockfleet.mock.runtime import DeviceRunner, Logger
+
+    return DeviceRunner(
+        lot.compiled,
+        index,
+        stop_file=os.devnull + ".mockfleet-rehearsal",  # never exists
+        counters=slot,
+        log=Logger(lot.lot.name, lot.lot.device_id(index), io.StringIO()),
+        sink_factory=sink_factory,
+    )
 
 
 def warm_up() -> None:

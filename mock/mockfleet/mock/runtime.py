@@ -16,7 +16,6 @@ exits 0.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import select
@@ -31,9 +30,9 @@ from mockfleet.mock.counters import CounterSlot
 from mockfleet.mock.device import CompiledLot, DeviceEngine
 from mockfleet.mock.exitcodes import EXIT_INTERNAL, EXIT_OK, EXIT_SINK_FATAL
 from mockfleet.mock.preload import LoadedLot
+from mockfleet.mock.rawsignal import raw_signal
 from mockfleet.mock.sinks.base import FatalSinkError, Sink, SinkError
 
-_signal: Any = importlib.import_module("_signal")
 _STOP_SIGNALS = (int(signal.SIGTERM), int(signal.SIGINT))
 _ENCODE = json.JSONEncoder(default=str).encode
 
@@ -77,9 +76,7 @@ class _Waker:
         os.set_blocking(self.r, False)
         os.set_blocking(self.w, False)
         self._old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
-        # The C layer under the signal module: its wrappers convert every value
-        # to and from an enum, objects a forked device would copy for nothing.
-        self._old = {sig: _signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        self._old = {sig: raw_signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_reason = f"signal {signal.Signals(signum).name}"
@@ -92,7 +89,7 @@ class _Waker:
     def close(self) -> None:
         signal.set_wakeup_fd(self._old_fd)
         for sig, handler in self._old.items():
-            _signal.signal(sig, handler)
+            raw_signal.signal(sig, handler)
         os.close(self.r)
         os.close(self.w)
 

@@ -68,15 +68,12 @@ def set_process_name(name: str) -> None:
     data = name.encode()[:15]
     try:
         fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
     except OSError:
         _libc.prctl(PR_SET_NAME, ctypes.c_char_p(data), 0, 0, 0)
-        return
-    try:
-        os.write(fd, data)
-    except OSError:
-        _libc.prctl(PR_SET_NAME, ctypes.c_char_p(data), 0, 0, 0)
-    finally:
-        os.close(fd)
 
 
 def syncfs(path: str) -> None:

@@ -36,11 +36,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mockfleet.mock.counters import map_slot
+from mockfleet.mock.rawsignal import raw_signal
 from mockfleet.tower import forkhooks, prefork, sibling
 from mockfleet.tower.linux import proc_stat, set_process_name
 
-# The signal module's C layer (see _mock), as plain ints.
-_signal: Any = importlib.import_module("_signal")
 _MOCK_DEFAULT_SIGNALS = tuple(
     int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 )
@@ -334,12 +333,10 @@ class Zygote:
             except OSError:
                 pass
             self.sock.close()
-            # The C functions under the signal module: its wrappers convert each
-            # value to and from an enum, which copies pages of the zygote's memory
-            # (copy-on-write) in every mock for nothing.
+            # Through the signal module's C layer (see mockfleet.mock.rawsignal).
             for sig in _MOCK_DEFAULT_SIGNALS:
-                _signal.signal(sig, _SIG_DFL)
-            _signal.pthread_sigmask(_SIG_SETMASK, ())
+                raw_signal.signal(sig, _SIG_DFL)
+            raw_signal.pthread_sigmask(_SIG_SETMASK, ())
             while True:
                 try:
                     if not os.read(gate_r, 1):
