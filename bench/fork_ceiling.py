@@ -15,8 +15,11 @@ Parents:
 
 - ``bare``: only the standard library the child uses (json, socket, time);
 - ``zygote``: the tower zygote's preload (``mockfleet.mock.preload``, a lot
-  prepared and rehearsed, the after-fork hook of ``mockfleet.tower.forkhooks``):
-  the same memory as the zygote the tower forks its mocks from.
+  validated in a child, prepared and rehearsed, the after-fork hook of
+  ``mockfleet.tower.forkhooks``): the same memory as the zygote the tower
+  forks its mocks from;
+- ``zygote+models``: the same, but with the lot validated in the parent, so
+  it also holds pydantic and the lot schema (as the zygote did before).
 
 Measured per parent and child kind:
 
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
-PARENTS = ("bare", "zygote")
+PARENTS = ("bare", "zygote+models", "zygote")
 CHILDREN = ("idle", "http")
 #: as the tower's zygote does for every mock
 CHILD_NICE = 5
@@ -117,10 +120,11 @@ def forker(parent: str, child: str, n: int, port: int, lot: str) -> None:
     """Preload as ``parent`` says, fork ``n`` children, report, wait for the end."""
     import gc
 
-    if parent == "zygote":
-        from mockfleet.mock.preload import preload, prepare_lot
+    if parent in ("zygote", "zygote+models"):
+        from mockfleet.mock.preload import isolate_validation, preload, prepare_lot
         from mockfleet.tower import forkhooks
 
+        isolate_validation(parent == "zygote")  # as the tower's zygote does
         preload(())
         prepare_lot(lot)
         forkhooks.skip_threading_after_fork_when_alone()
@@ -278,7 +282,7 @@ def print_table(rows: list[Row]) -> None:
     import tower_bench as tb
 
     head = (
-        f"{'parent':7s} {'child':5s} {'N':>5s} {'anon MiB':>9s} {'fork loop s':>12s} "
+        f"{'parent':13s} {'child':5s} {'N':>5s} {'anon MiB':>9s} {'fork loop s':>12s} "
         f"{'starts/s':>9s} {'ms CPU/fork':>12s} {'all sending s':>14s} {'faults':>7s} "
         f"{'child ms':>9s} {'sending %core':>14s} "
         f"{'kill->notice p50/p99 ms':>24s}"
@@ -290,7 +294,7 @@ def print_table(rows: list[Row]) -> None:
         lat = r.kernel_ms or []
         p = f"{tb.percentile(lat, 50):.1f}/{tb.percentile(lat, 99):.1f}" if lat else "-"
         print(
-            f"{r.parent:7s} {r.child:5s} {r.n:5d} {r.anon_mib:9.1f} {r.loop_s:12.2f} "
+            f"{r.parent:13s} {r.child:5s} {r.n:5d} {r.anon_mib:9.1f} {r.loop_s:12.2f} "
             f"{r.starts_per_s:9.0f} {r.cpu_per_fork_ms:12.2f} {_f(r.sending_s, '{:.2f}'):>14s} "
             f"{_f(r.faults, '{:.0f}'):>7s} {_f(r.child_cpu_ms):>9s} "
             f"{_f(r.steady_pct, '{:.0f}'):>14s} {p:>24s}"
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mocks", type=int, default=1000, help="children per run (default 1000)")
     p.add_argument("--kills", type=int, default=100, help="children to kill -9 (default 100)")
-    p.add_argument("--parents", default=",".join(PARENTS), help="bare,zygote")
+    p.add_argument("--parents", default=",".join(PARENTS), help=",".join(PARENTS))
     p.add_argument("--children", default=",".join(CHILDREN), help="idle,http")
     p.add_argument("--forker", nargs=5, help=argparse.SUPPRESS)  # the forker subprocess
     args = p.parse_args(argv)

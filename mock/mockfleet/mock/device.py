@@ -14,14 +14,19 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mockfleet.mock import faults as faultlib
 from mockfleet.mock import seeding
 from mockfleet.mock.generators.base import Context
 from mockfleet.mock.generators.expr import ExprError, compile_expr
-from mockfleet.mock.lot import Fault, MockLot, State
+from mockfleet.mock.plain import PlainLot
 from mockfleet.mock.template import TemplateInstance, compile_states, render_variables
+
+if TYPE_CHECKING:
+    # Only for typing: a compiled lot holds the plain mirror of these models
+    # (mockfleet.mock.plain), with the same fields, so devices never load pydantic.
+    from mockfleet.mock.lot import Fault, MockLot, State
 
 #: The state name used when a lot defines no states.
 DEFAULT_STATE = "default"
@@ -44,7 +49,9 @@ class Message:
 
 @dataclass(frozen=True)
 class CompiledLot:
-    """What all devices of a lot share: built once (in the tower's zygote)."""
+    """What all devices of a lot share: built once (in the tower's zygote).
+
+    ``lot`` is the lot's plain mirror (typed as the model it mirrors)."""
 
     lot: MockLot
     templates: dict[str, Any]
@@ -52,13 +59,20 @@ class CompiledLot:
     initial: str
 
     @classmethod
-    def build(cls, lot: MockLot) -> CompiledLot:
+    def build(cls, lot: MockLot | PlainLot) -> CompiledLot:
+        """Compile a lot: its plain mirror, or a validated model (mirrored here)."""
+        if not isinstance(lot, PlainLot):
+            from mockfleet.mock.plainlot import plain_lot
+
+            lot = plain_lot(lot)
+        default_state = lot.default_state
+        lot = cast("MockLot", lot)
         spec = lot.spec
         if spec.states:
             states = dict(spec.states)
             initial = spec.initialState or next(iter(states))
         else:
-            states = {DEFAULT_STATE: State()}
+            states = {DEFAULT_STATE: cast("State", default_state)}
             initial = DEFAULT_STATE
         compiled = compile_states(lot)
         templates = {name: compiled.get(name, compiled.get("")) for name in states}

@@ -11,8 +11,10 @@ import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mockfleet.mock.lot import Fault
+if TYPE_CHECKING:
+    from mockfleet.mock.lot import Fault
 
 
 @dataclass(slots=True)

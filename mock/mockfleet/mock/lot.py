@@ -29,11 +29,9 @@ from pydantic import (
 from pydantic.json_schema import JsonDict
 
 from mockfleet.mock.fieldtypes import Duration, Size
-from mockfleet.mock.generators.specs import (
-    GEN_KEY,
-    GENERATOR_ADAPTER,
-    check_format_template,
-)
+from mockfleet.mock.generators.specs import GENERATOR_ADAPTER
+from mockfleet.mock.generators.syntax import GEN_KEY, check_format_template
+from mockfleet.mock.loterror import LotError
 
 API_GROUP = "mockfleet.dev"
 API_VERSION = "v1alpha1"
@@ -746,15 +744,6 @@ class MockLot(BaseModel):
 
 
 # --------------------------------------------------------------------------- loading
-
-
-class LotError(Exception):
-    """A lot that cannot be used; ``problems`` are 'field.path: message' lines."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: invalid lot:\n  " + "\n  ".join(problems))
 
 
 def _format_errors(exc: ValidationError) -> list[str]:

@@ -11,35 +11,54 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mockfleet.mock.device import CompiledLot
-from mockfleet.mock.lot import MockLot, load_lot
+from mockfleet.mock.loterror import LotError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from mockfleet.mock.counters import CounterSlot
+    from mockfleet.mock.lot import MockLot
+    from mockfleet.mock.plain import PlainLot
     from mockfleet.mock.runtime import DeviceRunner
     from mockfleet.mock.sinks.base import Sink
 
 
 @dataclass(frozen=True)
 class LoadedLot:
-    """A validated lot plus everything compiled from it, shared by its devices."""
+    """A validated lot plus everything compiled from it, shared by its devices.
+
+    ``lot`` is the lot's plain mirror (mockfleet.mock.plain), typed as the
+    model it mirrors: reading it needs no pydantic."""
 
     path: str
     lot: MockLot
     compiled: CompiledLot
 
     @classmethod
-    def from_lot(cls, lot: MockLot, path: str = "<lot>") -> LoadedLot:
-        return cls(path=path, lot=lot, compiled=CompiledLot.build(lot))
+    def from_lot(cls, lot: MockLot | PlainLot, path: str = "<lot>") -> LoadedLot:
+        compiled = CompiledLot.build(lot)
+        return cls(path=path, lot=compiled.lot, compiled=compiled)
 
 
 _CACHE: dict[tuple[str, int, int], LoadedLot] = {}
+
+#: Validate lots in a short-lived child process (see isolate_validation).
+_ISOLATED = False
+
+
+def isolate_validation(on: bool = True) -> None:
+    """From now on, validate lot files in a forked child that sends back the
+    plain mirror: this process then never imports pydantic, the lot schema or
+    YAML. The tower's zygote does this, as every fork costs in proportion to
+    what the forking process holds (see mockfleet.mock.plain)."""
+    global _ISOLATED
+    _ISOLATED = on
 
 
 def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
@@ -50,9 +69,60 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
     key = (real, st.st_mtime_ns, st.st_size)
     hit = _CACHE.get(key)
     if hit is None:
-        hit = LoadedLot.from_lot(load_lot(real), real)
+        if _ISOLATED:
+            mirror: Any = validate_in_child(real)
+        else:
+            from mockfleet.mock.plainlot import load_plain_lot
+
+            mirror = load_plain_lot(real)
+        hit = LoadedLot.from_lot(mirror, real)
         _CACHE[key] = hit
     return hit
+
+
+def validate_in_child(path: str) -> PlainLot:
+    """Read, validate and mirror a lot file in a forked child, which alone
+    imports pydantic and the schema, and pickles the mirror back (made only of
+    mockfleet.mock.plain objects and built-in types). A LotError there is
+    raised here with the same problems."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child (its result is tested)
+        code = 0
+        try:
+            os.close(r)
+            result: tuple[Any, ...]
+            try:
+                from mockfleet.mock.plainlot import load_plain_lot
+
+                result = ("ok", load_plain_lot(path))
+            except LotError as exc:
+                result = ("invalid", exc.source, exc.problems)
+            except Exception as exc:
+                result = ("failed", f"{type(exc).__name__}: {exc}")
+            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            while data:
+                data = data[os.write(w, data) :]
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    try:
+        while chunk := os.read(r, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise LotError(path, ["the lot validator exited without an answer"])
+    result = pickle.loads(b"".join(chunks))
+    if result[0] == "invalid":
+        raise LotError(result[1], result[2])
+    if result[0] == "failed":
+        raise LotError(path, [f"validating the lot failed: {result[1]}"])
+    return cast("PlainLot", result[1])
 
 
 def preload(lot_paths: tuple[str, ...] = ()) -> None:
@@ -76,17 +146,18 @@ def prepare_lot(path: str | os.PathLike[str]) -> tuple[LoadedLot, bool]:
     from mockfleet.mock.sinks.factory import preload_sink
 
     lot = loaded_lot(path)
-    key = f"{lot.path}:{lot.lot.spec.sink.type}"
+    sink = lot.lot.spec.sink
+    key = f"{lot.path}:{sink.type}"
     if key in _PREPARED:
         return lot, False
     _PREPARED.add(key)
-    preload_sink(lot.lot.spec.sink)
-    if lot.lot.spec.sink.type == "http":
+    preload_sink(sink)
+    if sink.type == "http":
         # runs connect/request/response against a loopback listener, so the
         # code pages it specialises are shared instead of copied per device
         from mockfleet.mock.sinks.http import warm_up as warm_http
 
-        warm_http()
+        warm_http(like=sink)
     # Only a memory optimisation: a device that fails reports its own errors.
     with contextlib.suppress(Exception):
         rehearse(lot)

@@ -30,7 +30,8 @@ from mockfleet.mock.generators.build import (
     round_value,
 )
 from mockfleet.mock.generators.expr import ExprError, compile_expr, names_used
-from mockfleet.mock.generators.specs import GEN_KEY, Expr, Format, Var, check_format_template
+from mockfleet.mock.generators.syntax import GEN_KEY, check_format_template
+from mockfleet.mock.plain import Spec
 from mockfleet.mock.seeding import device_seed
 
 if TYPE_CHECKING:
@@ -234,6 +235,8 @@ class _Compiler:
         self.exprs: list[_ExprNode] = []
 
     def node(self, value: Any, node_id: str, key: Any, depth: int) -> tuple[Any, ...]:
+        if isinstance(value, Spec):  # a generator parsed by the validator
+            return self.gen(value, node_id, key, depth)
         if isinstance(value, dict):
             if GEN_KEY in value:
                 return self.gen(value, node_id, key, depth)
@@ -272,12 +275,12 @@ class _Compiler:
             return (_LIT, value)  # nothing generated inside: reuse the literal subtree
         return (kind, children)
 
-    def gen(self, value: dict[str, Any], node_id: str, key: Any, depth: int) -> tuple[Any, ...]:
+    def gen(self, value: Any, node_id: str, key: Any, depth: int) -> tuple[Any, ...]:
         try:
             spec = parse_spec(value)
         except ValueError as exc:
             raise ValueError(f"{node_id}: {exc}") from None
-        if isinstance(spec, Expr):
+        if spec.gen == "expr":
             self.exprs.append(_ExprNode(node_id, key, spec.expr, spec.round, depth == 1))
             return (_EXPR, len(self.exprs) - 1, key)
         self.gen_ids.append(node_id)
@@ -401,12 +404,12 @@ def check_names(compiled: CompiledTemplate, variables: set[str]) -> None:
     """ValueError naming the node when a var, format or expression uses an unknown name."""
     device_names = {"id", "index", "lot", "seq", "state"}
     for node_id, spec in zip(compiled.gen_ids, compiled.gen_specs, strict=True):
-        if isinstance(spec, Var) and spec.name not in variables:
+        if spec.gen == "var" and spec.name not in variables:
             raise ValueError(
                 f"{node_id}: unknown variable {spec.name!r}; known: "
                 + (", ".join(sorted(variables)) or "none (define constants or variables)")
             )
-        if isinstance(spec, Format):
+        if spec.gen == "format":
             for used in check_format_template(spec.template):
                 if used not in variables | device_names:
                     raise ValueError(

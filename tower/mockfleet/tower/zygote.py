@@ -104,11 +104,14 @@ def _committed(root: str, mock_id: str) -> bool:
 
 class Zygote:
     def __init__(self, cfg: dict[str, Any], sock: socket.socket) -> None:
-        from mockfleet.mock.preload import preload
+        from mockfleet.mock.preload import isolate_validation, preload
 
         self.cfg = cfg
         self.sock = sock
         self.root: str = cfg["root"]
+        # Lots are validated in short-lived children: pydantic and the lot
+        # schema never load here, so every fork copies less (see mock.plain).
+        isolate_validation()
         preload(())
         forkhooks.skip_threading_after_fork_when_alone()
         self.device = load_device(cfg["device"])
@@ -159,7 +162,7 @@ class Zygote:
         return batch
 
     def start_batch(self, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int | None]]:
-        from mockfleet.mock.lot import LotError
+        from mockfleet.mock.loterror import LotError
         from mockfleet.mock.preload import prepare_lot
 
         out: list[tuple[dict[str, Any], int | None]] = []
@@ -293,11 +296,11 @@ class Zygote:
         return b"".join(chunks).decode().split("\n")
 
     def _restart_policy(self, lot: Any) -> dict[str, Any]:
-        """The lot's restart settings as JSON (cached: a model_dump per start is costly)."""
+        """The lot's restart settings as JSON (cached: one copy per lot, not per start)."""
         key = id(lot)
         hit = self._restart_cache.get(key)
         if hit is None or hit[0] is not lot:
-            hit = (lot, lot.lot.spec.restart.model_dump(mode="json"))
+            hit = (lot, lot.lot.spec.restart.to_data())
             self._restart_cache[key] = hit
         return hit[1]
 

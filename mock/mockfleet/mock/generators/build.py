@@ -16,14 +16,17 @@ from bisect import bisect_right
 from collections.abc import Callable
 from operator import attrgetter
 from random import Random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mockfleet.mock.durations import parse_duration
-from mockfleet.mock.generators import specs as s
 from mockfleet.mock.generators.base import Context, Generator
 from mockfleet.mock.generators.expr import ExprError, compile_expr
 from mockfleet.mock.generators.gps import Route
+from mockfleet.mock.plain import Spec
 from mockfleet.mock.seeding import stream
+
+if TYPE_CHECKING:
+    from mockfleet.mock.generators import specs as s
 
 _CLOCKS: dict[str, Callable[[Context], float]] = {
     "absolute": attrgetter("now"),
@@ -479,24 +482,32 @@ def round_value(value: Any, ndigits: int) -> Any:
 
 # --------------------------------------------------------------------------- build
 
+#: Generators whose ``round`` is applied by the generator itself (or ignored).
+_ROUNDS_ITSELF = frozenset({"constant", "uuid", "format"})
+
 
 def parse_spec(spec: Any) -> Any:
-    """A spec model from a ``{"$gen": ...}`` dict (models pass through)."""
-    if isinstance(spec, s._Gen):
+    """A generator spec's plain mirror (see mockfleet.mock.plain), from a
+    ``{"$gen": ...}`` dict or a spec model; mirrors pass through. Only dicts
+    and models need the pydantic schema, which is then imported here: compiled
+    lots hold mirrors, so a device never validates (nor imports pydantic)."""
+    if isinstance(spec, Spec):
         return spec
-    return s.GENERATOR_ADAPTER.validate_python(spec)
+    from mockfleet.mock.plainlot import parse_generator
+
+    return parse_generator(spec)
 
 
 def build_generator(spec: Any, seed: int, node_id: str) -> Generator:
     """A generator for one device (``seed``) and one template node (``node_id``).
 
-    ``spec`` is a spec model or a ``{"$gen": ...}`` dict. Random generators draw
+    ``spec`` is a spec mirror, a spec model or a ``{"$gen": ...}`` dict. Random generators draw
     from ``stream(seed, node_id)`` only, so adding or removing other fields
     never changes this one's values.
     """
     spec = parse_spec(spec)
     gen = _build(spec, seed, node_id)
-    if spec.round is not None and not isinstance(spec, s.Constant | s.Uuid | s.Format):
+    if spec.round is not None and spec.gen not in _ROUNDS_ITSELF:
         return _Rounded(gen, spec.round)
     return gen
 
@@ -505,48 +516,50 @@ def _build(spec: Any, seed: int, node_id: str) -> Generator:
     def rng() -> Random:
         return stream(seed, node_id)
 
-    if isinstance(spec, s.Constant):
+    kind = spec.gen
+
+    if kind == "constant":
         value = spec.value
         if spec.round is not None:
             value = round_value(value, spec.round)
         return _Constant(value)
-    if isinstance(spec, s.Sequence):
+    if kind == "sequence":
         return _Sequence(spec)
-    if isinstance(spec, s.Uniform):
+    if kind == "uniform":
         return _UniformInt(spec, rng()) if spec.integer else _Uniform(spec, rng())
-    if isinstance(spec, s.Normal):
+    if kind == "normal":
         return _Normal(spec, rng())
-    if isinstance(spec, s.RandomWalk):
+    if kind == "randomWalk":
         return _RandomWalk(spec, rng())
-    if isinstance(spec, s.Sine):
+    if kind == "sine":
         needs_rng = spec.noise > 0 or spec.randomPhase
         return _Sine(spec, rng() if needs_rng else None)
-    if isinstance(spec, s.Ramp):
+    if kind == "ramp":
         return _Ramp(spec)
-    if isinstance(spec, s.Decay):
+    if kind == "decay":
         return _Decay(spec)
-    if isinstance(spec, s.Choice):
+    if kind == "choice":
         return _Choice(spec, rng())
-    if isinstance(spec, s.Bucket):
+    if kind == "bucket":
         if spec.order == "cycle":
             return _BucketCycle(spec.values)
         return _BucketRandom(spec.values, rng())
-    if isinstance(spec, s.Curve):
+    if kind == "curve":
         return _Curve(spec)
-    if isinstance(spec, s.Timestamp):
+    if kind == "timestamp":
         return _Timestamp(spec)
-    if isinstance(spec, s.Uuid):
+    if kind == "uuid":
         return _Uuid(rng())
-    if isinstance(spec, s.DeviceField):
+    if kind == "device":
         return _Device(spec.field)
-    if isinstance(spec, s.Var):
+    if kind == "var":
         return _Var(spec.name)
-    if isinstance(spec, s.Gps):
+    if kind == "gps":
         return _Gps(spec)
-    if isinstance(spec, s.Fake):
+    if kind == "fake":
         return _Fake(spec, rng())
-    if isinstance(spec, s.Expr):
+    if kind == "expr":
         return _Expr(spec.expr)
-    if isinstance(spec, s.Format):
+    if kind == "format":
         return _Format(spec.template)
-    raise TypeError(f"no generator for {type(spec).__name__}")  # pragma: no cover
+    raise TypeError(f"no generator {kind!r}")  # pragma: no cover

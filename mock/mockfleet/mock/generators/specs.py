@@ -10,7 +10,6 @@ turns a validated spec into a per-device generator.
 
 from __future__ import annotations
 
-import string
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,8 +23,7 @@ from pydantic import (
 )
 
 from mockfleet.mock.fieldtypes import Duration
-
-GEN_KEY = "$gen"
+from mockfleet.mock.generators.syntax import check_format_template
 
 #: Which clock a time-based generator reads: wall (simulated) time, time since
 #: the device started, or time since the device entered its current state.
@@ -326,26 +324,3 @@ GENERATOR_NAMES = sorted(
     m.model_fields["gen"].annotation.__args__[0]  # type: ignore[union-attr]
     for m in _Gen.__subclasses__()
 )
-
-
-def check_format_template(template: str) -> list[str]:
-    """Validate a str.format template; return the field names it uses.
-
-    Only plain names are allowed: attribute and index access ('{x.__class__}')
-    would let a lot file reach into Python objects.
-    """
-    names = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"invalid template {template!r}: {exc}") from None
-    for _literal, field, _spec, _conv in parsed:
-        if field is None:
-            continue
-        if not field.isidentifier():
-            raise ValueError(
-                f"invalid template {template!r}: field {{{field}}} must be a plain name "
-                "such as {index} or {lot}"
-            )
-        names.append(field)
-    return names

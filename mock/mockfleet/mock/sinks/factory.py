@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mockfleet.mock import lot
 from mockfleet.mock.sinks.base import FatalSinkError, Sink
+
+if TYPE_CHECKING:
+    from mockfleet.mock import lot
+
+    SinkSpec = lot.StdoutSink | lot.FileSink | lot.HttpSink | lot.MqttSink
 
 #: sink type -> (module, class) of its implementation
 SINK_CLASSES: dict[str, tuple[str, str]] = {
@@ -22,8 +26,6 @@ SINK_CLASSES: dict[str, tuple[str, str]] = {
     "http": ("mockfleet.mock.sinks.http", "HttpSink"),
     "mqtt": ("mockfleet.mock.sinks.mqtt", "MqttSink"),
 }
-
-SinkSpec = lot.StdoutSink | lot.FileSink | lot.HttpSink | lot.MqttSink
 
 
 def sink_class(kind: str) -> type[Sink]:

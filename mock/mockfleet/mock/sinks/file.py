@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from mockfleet.mock import lot
 from mockfleet.mock.sinks.base import FatalSinkError, SendOutcome, Sink, Wait
 from mockfleet.mock.sinks.render import render
+
+if TYPE_CHECKING:
+    from mockfleet.mock import lot
 
 
 class FileSink(Sink):

@@ -16,9 +16,8 @@ import socket
 import ssl
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mockfleet.mock import lot
 from mockfleet.mock.seeding import derive
 from mockfleet.mock.sinks.backoff import backoff_delay
 from mockfleet.mock.sinks.base import FatalSinkError, SendOutcome, Sink, Wait
@@ -37,6 +36,9 @@ from mockfleet.mock.sinks.http_wire import (
 )
 from mockfleet.mock.sinks.render import render
 from mockfleet.mock.sinks.tls import ssl_context
+
+if TYPE_CHECKING:
+    from mockfleet.mock import lot
 
 #: Errors that mean a reused keep-alive connection had been closed by the server
 #: while idle; the request is sent again at once on a fresh connection.
@@ -355,17 +357,28 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def warm_up(rounds: int = 16) -> None:
+def warm_up(rounds: int = 16, like: Any = None) -> None:
     """Run a sink's connect, request and response code here, over loopback
     sockets, so that a preloading parent compiles and specialises it once:
     devices forked afterwards then share that code instead of each writing
-    to (and so copying) the pages it lives on when they first run it."""
+    to (and so copying) the pages it lives on when they first run it.
+
+    ``like`` is a lot's sink spec in its plain mirror (mockfleet.mock.plain):
+    the warm-up then sends its headers, to a loopback URL, without its
+    credentials. Without it, a default spec is built with the lot schema.
+    """
     wait: Wait = _never_stop
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(rounds + 1)
         host, port = listener.getsockname()
-        spec = lot.HttpSink(type="http", url=f"http://{host}:{port}/warm-up?x=1")
+        url = f"http://{host}:{port}/warm-up?x=1"
+        if like is not None:
+            spec = like.replace(url=url, auth=None, keepAlive=True)
+        else:
+            from mockfleet.mock import lot as schema
+
+            spec = schema.HttpSink(type="http", url=url)
         sink = HttpSink(spec, {"id": "warm-up"})
         sink.open(wait)
         for _ in range(rounds):

@@ -16,7 +16,7 @@ import select
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -24,13 +24,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mockfleet.mock import lot
 from mockfleet.mock.seeding import derive
 from mockfleet.mock.sinks.backoff import backoff_delay
 from mockfleet.mock.sinks.base import FatalSinkError, SendOutcome, Sink, SinkError, Wait
 from mockfleet.mock.sinks.credentials import read_secret, username
 from mockfleet.mock.sinks.render import render
 from mockfleet.mock.sinks.tls import ssl_context
+
+if TYPE_CHECKING:
+    from mockfleet.mock import lot
 
 #: CONNACK reasons that no retry can fix (v3.1.1 codes arrive mapped to these):
 #: unsupported protocol, client id rejected, bad user name or password, not

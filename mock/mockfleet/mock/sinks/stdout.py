@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from mockfleet.mock import lot
 from mockfleet.mock.sinks.base import SendOutcome, Sink, Wait
+
+if TYPE_CHECKING:
+    from mockfleet.mock import lot
 
 
 class StdoutSink(Sink):

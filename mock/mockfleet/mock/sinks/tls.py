@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ssl
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from mockfleet.mock.lot import Tls
 from mockfleet.mock.sinks.base import FatalSinkError
+
+if TYPE_CHECKING:
+    from mockfleet.mock.lot import Tls
 
 
 def _readable(path: str, role: str) -> None:

@@ -1,0 +1,31 @@
+"""Template syntax shared by the lot schema and the runtime, without pydantic:
+the key that marks a generator, and the check of ``str.format`` templates."""
+
+from __future__ import annotations
+
+import string
+
+GEN_KEY = "$gen"
+
+
+def check_format_template(template: str) -> list[str]:
+    """Validate a str.format template; return the field names it uses.
+
+    Only plain names are allowed: attribute and index access ('{x.__class__}')
+    would let a lot file reach into Python objects.
+    """
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"invalid template {template!r}: {exc}") from None
+    for _literal, field, _spec, _conv in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier():
+            raise ValueError(
+                f"invalid template {template!r}: field {{{field}}} must be a plain name "
+                "such as {index} or {lot}"
+            )
+        names.append(field)
+    return names

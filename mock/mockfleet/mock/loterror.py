@@ -1,0 +1,14 @@
+"""The error of a lot that cannot be used, apart from the schema that finds it,
+so that processes which never load pydantic (the tower's zygote) can raise
+and catch it. ``mockfleet.mock.lot`` re-exports it."""
+
+from __future__ import annotations
+
+
+class LotError(Exception):
+    """A lot that cannot be used; ``problems`` are 'field.path: message' lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid lot:\n  " + "\n  ".join(problems))

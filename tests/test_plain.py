@@ -1,0 +1,144 @@
+"""The plain mirror of a validated lot (mockfleet.mock.plain): the zygote and
+every device read it instead of the pydantic models, which then never load
+in the process that forks the devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mockfleet.mock.device import CompiledLot, preview
+from mockfleet.mock.generators.specs import GENERATOR_ADAPTER
+from mockfleet.mock.lot import LotError, State, load_lot
+from mockfleet.mock.plain import PlainLot, Spec
+from mockfleet.mock.plainlot import plain_lot
+from mockfleet.mock.preload import loaded_lot, validate_in_child
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+THERMOSTATS = ROOT / "examples" / "thermostats.yaml"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_the_mirror_has_every_field_with_the_models_values(example: Path) -> None:
+    lot = load_lot(example)
+    mirror = plain_lot(lot)
+    assert isinstance(mirror, PlainLot)
+    assert mirror.name == lot.name
+    assert [mirror.device_id(i) for i in (0, 7)] == [lot.device_id(i) for i in (0, 7)]
+    # every part without templates matches the model's own dump, defaults included
+    for part in ("timing", "envelope", "sink", "restart", "tower"):
+        assert getattr(mirror.spec, part).to_data() == getattr(lot.spec, part).model_dump(), part
+    assert [f.to_data() for f in mirror.spec.faults] == [f.model_dump() for f in lot.spec.faults]
+    assert mirror.spec.constants == lot.spec.constants
+    assert mirror.default_state.to_data() == State().model_dump()
+
+
+def test_generators_in_templates_come_parsed_with_their_defaults() -> None:
+    lot = load_lot(THERMOSTATS)
+    mirror = plain_lot(lot)
+    raw = lot.spec.payload.template
+    found = 0
+    for key, value in raw.items():
+        if isinstance(value, dict) and "$gen" in value:
+            spec = mirror.spec.payload.template[key]
+            assert isinstance(spec, Spec)
+            assert spec.gen == value["$gen"]
+            model = GENERATOR_ADAPTER.validate_python(value)
+            assert spec.to_data() == model.model_dump(), key
+            found += 1
+    assert found >= 3
+    # plain values stay plain
+    assert all(
+        mirror.spec.payload.template[k] == v
+        for k, v in raw.items()
+        if not (isinstance(v, dict) and "$gen" in v)
+    )
+
+
+def test_replace_copies_and_refuses_unknown_fields() -> None:
+    sink = plain_lot(load_lot(ROOT / "examples" / "quickstart.yaml")).spec.sink
+    other = sink.replace(url="http://127.0.0.1:1/x")
+    assert other.url == "http://127.0.0.1:1/x" and other is not sink
+    assert sink.url != other.url  # the shared original is untouched
+    with pytest.raises(AttributeError, match="no field nosuch"):
+        sink.replace(nosuch=1)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_the_validator_child_sends_back_the_same_lot(example: Path) -> None:
+    here = CompiledLot.build(load_lot(example))
+    there = CompiledLot.build(validate_in_child(str(example)))
+    assert there.lot.name == here.lot.name
+    # same seed + same index => the same bytes, whichever process validated it
+    for index in (0, 3):
+        assert preview(there, index, 30, 1_800_000_000.0) == preview(
+            here, index, 30, 1_800_000_000.0
+        )
+
+
+def test_the_validator_child_reports_the_same_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: mockfleet.dev/v1alpha1\nkind: MockLot\nmetadata: {name: bad}\n"
+        "spec:\n  devices: -1\n  timing: {interval: soon}\n"
+        "  payload: {template: {t: {$gen: nosuch}}}\n"
+    )
+    with pytest.raises(LotError) as here:
+        load_lot(bad)
+    with pytest.raises(LotError) as there:
+        validate_in_child(str(bad))
+    assert there.value.problems == here.value.problems
+    assert len(there.value.problems) >= 3
+    with pytest.raises(LotError, match="cannot read the file"):
+        validate_in_child(str(tmp_path / "missing.yaml"))
+    # and no child is left behind
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+_LEAN = """
+import json, sys
+from mockfleet.mock.preload import isolate_validation, preload, prepare_lot
+from mockfleet.tower import zygote  # noqa: F401  (what the zygote process imports)
+isolate_validation()
+preload(())
+lot, fresh = prepare_lot(sys.argv[1])  # validates in a child, rehearses here
+from mockfleet.mock.counters import SLOT_SIZE, CounterSlot
+from mockfleet.mock.runtime import DeviceRunner, Logger
+import io
+slot = CounterSlot(bytearray(SLOT_SIZE), 0)
+log = Logger(lot.lot.name, lot.lot.device_id(5), io.StringIO())
+runner = DeviceRunner(lot.compiled, 5, stop_file=None, counters=slot, log=log)
+msgs = runner.engine.tick(runner.engine.next_due())
+heavy = sorted(m for m in sys.modules
+               if m.split(".")[0] in ("pydantic", "pydantic_core", "yaml", "annotated_types"))
+print(json.dumps({"heavy": heavy, "fresh": fresh, "messages": len(msgs),
+                  "restart": lot.lot.spec.restart.to_data()}))
+"""
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_a_zygote_never_loads_pydantic_or_yaml(example: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _LEAN, str(example)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    assert result["fresh"] is True
+    assert result["restart"] == load_lot(example).spec.restart.model_dump(mode="json")
+
+
+def test_loaded_lot_holds_the_mirror() -> None:
+    loaded = loaded_lot(THERMOSTATS)
+    assert isinstance(loaded.lot, PlainLot)
+    assert loaded.compiled.lot is loaded.lot
