@@ -15,6 +15,7 @@ import pytest
 from mockfleet.mock.device import CompiledLot, preview
 from mockfleet.mock.generators.specs import GENERATOR_ADAPTER
 from mockfleet.mock.lot import LotError, State, load_lot
+from mockfleet.mock.loterror import ValidatorFailed
 from mockfleet.mock.plain import PlainLot, Spec
 from mockfleet.mock.plainlot import plain_lot
 from mockfleet.mock.preload import loaded_lot, validate_in_child
@@ -142,3 +143,21 @@ def test_loaded_lot_holds_the_mirror() -> None:
     loaded = loaded_lot(THERMOSTATS)
     assert isinstance(loaded.lot, PlainLot)
     assert loaded.compiled.lot is loaded.lot
+
+
+def test_a_validator_that_dies_is_a_passing_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zygote retries a start whose validator died (ValidatorFailed), where
+    it refuses one whose lot is invalid (LotError)."""
+    import signal
+
+    import mockfleet.mock.plainlot
+
+    def die(_path: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)  # runs in the forked validator
+
+    monkeypatch.setattr(mockfleet.mock.plainlot, "load_plain_lot", die)
+    with pytest.raises(ValidatorFailed, match="died without an answer") as exc:
+        validate_in_child(str(THERMOSTATS))
+    assert not isinstance(exc.value, LotError)
+    with pytest.raises(ChildProcessError):  # reaped
+        os.waitpid(-1, os.WNOHANG)

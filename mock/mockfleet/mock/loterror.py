@@ -12,3 +12,9 @@ class LotError(Exception):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: invalid lot:\n  " + "\n  ".join(problems))
+
+
+class ValidatorFailed(RuntimeError):
+    """The child that validates a lot could not run or gave no answer (a
+    failed fork, a child killed by the OOM killer): nothing is known about
+    the lot, so a start that needs it should be tried again, not refused."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mockfleet.mock.device import CompiledLot
-from mockfleet.mock.loterror import LotError
+from mockfleet.mock.loterror import LotError, ValidatorFailed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -84,9 +84,15 @@ def validate_in_child(path: str) -> PlainLot:
     """Read, validate and mirror a lot file in a forked child, which alone
     imports pydantic and the schema, and pickles the mirror back (made only of
     mockfleet.mock.plain objects and built-in types). A LotError there is
-    raised here with the same problems."""
+    raised here with the same problems; ValidatorFailed when the child could
+    not be started or died without an answer (worth trying again)."""
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(r)
+        os.close(w)
+        raise ValidatorFailed(f"cannot start the lot validator: {exc.strerror or exc}") from None
     if pid == 0:  # pragma: no cover - runs in the child (its result is tested)
         code = 0
         try:
@@ -114,9 +120,9 @@ def validate_in_child(path: str) -> PlainLot:
             chunks.append(chunk)
     finally:
         os.close(r)
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
     if not chunks:
-        raise LotError(path, ["the lot validator exited without an answer"])
+        raise ValidatorFailed(f"the lot validator died without an answer (wait status {status})")
     result = pickle.loads(b"".join(chunks))
     if result[0] == "invalid":
         raise LotError(result[1], result[2])

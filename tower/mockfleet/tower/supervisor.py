@@ -65,6 +65,10 @@ DEFAULT_DEVICE = "mockfleet.mock.runtime:run_device"
 HANDOVER = "handover.json"
 
 
+#: Seconds before a start that failed for a passing reason (a fork) is tried again.
+RETRY_START_AFTER = 1.0
+
+
 def running_version() -> str:
     env = os.environ.get("MOCKFLEET_TOWER_VERSION")
     if env:
@@ -521,7 +525,13 @@ class Tower:
                 )
                 self.reject("start", mock_id + START_SUFFIX, str(reply.get("error")))
             else:
-                self.pending[mock_id] = None
+                # Transient (a failed fork): try again in a moment, not at once,
+                # so a machine out of processes is not hammered in a loop.
+                self.events.emit(
+                    "start-retry", mock=mock_id, reason=reply.get("error"), after=RETRY_START_AFTER
+                )
+                self.deferred.add(mock_id)
+                self.at(RETRY_START_AFTER, lambda m=mock_id: self._undefer(m))  # type: ignore[misc]
             return
         m.pid = int(reply["pid"])
         m.start_ticks = int(reply["start_ticks"])

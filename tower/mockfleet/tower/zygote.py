@@ -162,7 +162,7 @@ class Zygote:
         return batch
 
     def start_batch(self, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int | None]]:
-        from mockfleet.mock.loterror import LotError
+        from mockfleet.mock.loterror import LotError, ValidatorFailed
         from mockfleet.mock.preload import prepare_lot
 
         out: list[tuple[dict[str, Any], int | None]] = []
@@ -178,6 +178,8 @@ class Zygote:
                     seen[req["lot"]] = lot
                     refreeze |= fresh
                 todo.append((req, lot))
+            except ValidatorFailed as exc:  # nothing known about the lot: try again
+                out.append(({"id": mid, "ok": False, "permanent": False, "error": str(exc)}, None))
             except LotError as exc:
                 why = "invalid lot: " + "; ".join(exc.problems)
                 out.append(({"id": mid, "ok": False, "permanent": True, "error": why}, None))
