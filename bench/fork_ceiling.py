@@ -32,8 +32,9 @@ Measured per parent and child kind:
 
 Then what one page fault costs here (a first write to a fresh page, and a
 copy-on-write copy in a forked child): the unit that fork, a child's start
-and its exit are all made of. Every process started here is stopped at the
-end. Asserts nothing.
+and its exit are all made of; and what a wake-up from a short sleep costs,
+with one device message's work done warm and right after such a sleep.
+Every process started here is stopped at the end. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -274,6 +275,48 @@ def fault_costs(rounds: int = 3, pages: int = 4096) -> tuple[float, float]:
     return min(fresh), min(cow)
 
 
+def wake_costs(work: Path, rounds: int = 200, sleep: float = 0.01) -> tuple[float, float, float]:
+    """(CPU µs of one wake-up from a ``sleep``-second sleep, CPU µs of one
+    device message built and encoded while the CPU is warm, the same right
+    after such a sleep). A mock sleeps between messages; on machines where
+    an idle CPU loses its caches (or halts through the hypervisor), the same
+    work then costs several times more. The device is tower_bench's."""
+    import select
+
+    import tower_bench as tb
+
+    from mockfleet.mock.device import CompiledLot, DeviceEngine
+    from mockfleet.mock.lot import load_lot
+
+    compiled = CompiledLot.build(load_lot(tb.write_lot(work / "wake-lot.yaml", 9)))
+    engine = DeviceEngine(compiled, 0, 1_800_000_000.0)
+
+    def message() -> None:
+        sent = 0
+        while not sent:  # (a tick may be a state change with nothing to send)
+            now = engine.next_due()
+            for msg in engine.tick(now):
+                engine.encode(msg, now)
+                sent += 1
+
+    for _ in range(500):
+        message()
+    t0 = time.thread_time()
+    for _ in range(rounds * 10):
+        message()
+    warm = (time.thread_time() - t0) / (rounds * 10) * 1e6
+    t0 = time.thread_time()
+    for _ in range(rounds):
+        select.select([], [], [], sleep)
+    wake = (time.thread_time() - t0) / rounds * 1e6
+    t0 = time.thread_time()
+    for _ in range(rounds):
+        select.select([], [], [], sleep)
+        message()
+    after = (time.thread_time() - t0) / rounds * 1e6 - wake
+    return wake, warm, after
+
+
 def _f(v: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -329,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     fresh, cow = fault_costs()
     print(f"\none page fault here: {fresh:.2f} us (fresh page), {cow:.2f} us (copy-on-write)")
+    with tempfile.TemporaryDirectory(prefix="fork-ceiling-") as tmp:
+        wake, warm, after = wake_costs(Path(tmp))
+    print(
+        f"one wake-up from a 10 ms sleep: {wake:.0f} us of CPU; one device message "
+        f"(built and encoded): {warm:.0f} us warm, {after:.0f} us right after such a sleep"
+    )
     if leftovers:
         print("had to kill: " + ", ".join(leftovers))
     return 0
