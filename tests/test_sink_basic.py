@@ -13,6 +13,7 @@ import pytest
 from support.certs import TlsFiles
 
 from mockfleet.mock import lot
+from mockfleet.mock.plainlot import to_plain
 from mockfleet.mock.sinks.backoff import backoff_delay
 from mockfleet.mock.sinks.base import FatalSinkError
 from mockfleet.mock.sinks.credentials import read_secret
@@ -29,7 +30,8 @@ def go_on(seconds: float) -> bool:
 
 
 def spec_of(data: dict[str, Any]) -> Any:
-    return lot.LotSpec.model_validate({"devices": 1, "sink": data}).sink
+    """The sink's plain mirror, as devices get it (mockfleet.mock.plain)."""
+    return to_plain(lot.LotSpec.model_validate({"devices": 1, "sink": data}).sink)
 
 
 # --------------------------------------------------------------------------- stdout

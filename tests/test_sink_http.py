@@ -25,6 +25,7 @@ from support.recording_http import (
 )
 
 from mockfleet.mock import lot
+from mockfleet.mock.plainlot import to_plain
 from mockfleet.mock.sinks.base import FatalSinkError, SendOutcome
 from mockfleet.mock.sinks.factory import make_sink
 from mockfleet.mock.sinks.http import HttpSink, commands_from_response, warm_up
@@ -49,7 +50,8 @@ class RecordingWait:
 
 
 def http_sink(url: str, **fields: Any) -> HttpSink:
-    spec = lot.HttpSink.model_validate({"type": "http", "url": url, **fields})
+    # the plain mirror, as devices get it (mockfleet.mock.plain)
+    spec = to_plain(lot.HttpSink.model_validate({"type": "http", "url": url, **fields}))
     sink = make_sink(spec, NAMES)
     assert isinstance(sink, HttpSink)
     return sink

@@ -22,6 +22,7 @@ from support.recording_http import free_port
 from support.sink_broker import SinkBroker, Subscriber
 
 from mockfleet.mock import lot
+from mockfleet.mock.plainlot import to_plain
 from mockfleet.mock.sinks.base import FatalSinkError, SinkError
 from mockfleet.mock.sinks.factory import make_sink
 from mockfleet.mock.sinks.mqtt import MqttSink, command_from_message
@@ -50,8 +51,10 @@ class RecordingWait:
 
 
 def mqtt_spec(broker: SinkBroker, **fields: Any) -> lot.MqttSink:
+    """A validated spec in its plain mirror, as devices get it (mockfleet.mock.plain)."""
     data = {"type": "mqtt", "host": broker.host, "port": broker.port, **fields}
-    return lot.MqttSink.model_validate(data)
+    mirror: lot.MqttSink = to_plain(lot.MqttSink.model_validate(data))
+    return mirror
 
 
 @pytest.fixture
@@ -311,8 +314,10 @@ def test_command_from_message(payload: bytes, expected: str | None) -> None:
 CHILD = """
 import json, select, sys
 from mockfleet.mock import lot
+from mockfleet.mock.plainlot import to_plain
 from mockfleet.mock.sinks.factory import make_sink
-sink = make_sink(lot.MqttSink.model_validate(json.loads(sys.argv[1])), json.loads(sys.argv[2]))
+spec = to_plain(lot.MqttSink.model_validate(json.loads(sys.argv[1])))
+sink = make_sink(spec, json.loads(sys.argv[2]))
 sink.open(lambda s: True)
 print("ready", flush=True)
 while True:
@@ -348,7 +353,7 @@ def test_the_will_is_delivered_when_the_device_is_killed(
         keepalive=keepalive,
         commandTopic="cmd/{id}",
         will={"topic": "status/{id}", "payload": "offline", "qos": 1},
-    ).model_dump(exclude_none=True)
+    ).to_data()
     status = f"status/{device['id']}"
     sub = Subscriber(mqtt_broker, status)
     subscribers.append(sub)
