@@ -11,13 +11,12 @@ downlink commands go to :meth:`DeviceEngine.on_command`.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from mockfleet.mock import faults as faultlib
-from mockfleet.mock import seeding
+from mockfleet.mock import jsonenc, seeding
 from mockfleet.mock.generators.base import Context
 from mockfleet.mock.generators.expr import ExprError, compile_expr
 from mockfleet.mock.plain import PlainLot
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
 #: The state name used when a lot defines no states.
 DEFAULT_STATE = "default"
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_DUMPS = jsonenc.encoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(slots=True)

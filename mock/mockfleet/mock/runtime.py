@@ -16,7 +16,6 @@ exits 0.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -26,6 +25,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from mockfleet.mock import jsonenc
 from mockfleet.mock.counters import CounterSlot
 from mockfleet.mock.device import CompiledLot, DeviceEngine
 from mockfleet.mock.exitcodes import EXIT_INTERNAL, EXIT_OK, EXIT_SINK_FATAL
@@ -34,7 +34,7 @@ from mockfleet.mock.rawsignal import raw_signal
 from mockfleet.mock.sinks.base import FatalSinkError, Sink, SinkError
 
 _STOP_SIGNALS = (int(signal.SIGTERM), int(signal.SIGINT))
-_ENCODE = json.JSONEncoder(default=str).encode
+_ENCODE = jsonenc.encoder(default=str)
 
 #: Longest sleep without looking at the stop file.
 STOP_FILE_CHECK = 1.0
