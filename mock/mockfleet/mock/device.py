@@ -126,16 +126,13 @@ class DeviceEngine:
 
     # ------------------------------------------------------------------ schedule
 
-    @property
-    def state_spec(self) -> State:
-        return self.compiled.states[self.state]
-
     def interval(self) -> float:
         return self.state_spec.interval or self.lot.spec.timing.interval
 
     def _after_deadline(self) -> float | None:
-        deadlines = [self.state_since + t.after for t in self.state_spec.transitions if t.after]
-        return min(deadlines) if deadlines else None
+        """When the current state's first timed transition is due (None: none is).
+        Worked out on entering the state: asked twice per message."""
+        return self._deadline
 
     def next_due(self) -> float:
         """Simulated time of the next thing to do (a sample, a timed transition,
@@ -157,6 +154,10 @@ class DeviceEngine:
         self.state = state
         self.state_since = now
         self.ctx.state = state
+        #: the current state's spec (kept here: read several times per message)
+        self.state_spec: State = self.compiled.states[state]
+        deadlines = [now + t.after for t in self.state_spec.transitions if t.after]
+        self._deadline = min(deadlines) if deadlines else None
         if self.state_spec.terminal:
             self.finished = f"terminal state {state}"
 
