@@ -166,3 +166,47 @@ def test_a_validator_that_dies_is_a_passing_failure(monkeypatch: pytest.MonkeyPa
         validate_in_child(str(THERMOSTATS))
     assert not isinstance(exc.value, LotError)
     assert _children() == children  # reaped
+
+
+def test_a_broken_lot_is_validated_once_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thousand start triggers of one broken lot cost one validator child."""
+    from mockfleet.mock import preload
+
+    monkeypatch.setattr(preload, "_ISOLATED", True)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: mockfleet.dev/v1alpha1\nkind: MockLot\nmetadata: {name: bad}\n"
+        "spec: {devices: -1}\n"
+    )
+    with pytest.raises(LotError) as first:
+        preload.loaded_lot(bad)
+
+    def no_fork() -> int:
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    for _ in range(3):
+        with pytest.raises(LotError) as again:
+            preload.loaded_lot(bad)
+        assert again.value.problems == first.value.problems
+    # a template that does not compile is remembered too
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text(
+        "apiVersion: mockfleet.dev/v1alpha1\nkind: MockLot\nmetadata: {name: cyc}\n"
+        "spec:\n  devices: 1\n  payload:\n    template:\n"
+        "      a: {$gen: expr, expr: 'b + 1'}\n      b: {$gen: expr, expr: 'a + 1'}\n"
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(preload, "_ISOLATED", True)
+    with pytest.raises(ValueError, match="cycle"):
+        preload.loaded_lot(cyclic)
+    monkeypatch.setattr(os, "fork", no_fork)
+    with pytest.raises(ValueError, match="cycle"):
+        preload.loaded_lot(cyclic)
+    # an edited file is read again
+    monkeypatch.undo()
+    monkeypatch.setattr(preload, "_ISOLATED", True)
+    bad.write_text(THERMOSTATS.read_text())
+    assert preload.loaded_lot(bad).lot.name == load_lot(THERMOSTATS).name

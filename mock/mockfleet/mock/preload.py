@@ -61,14 +61,30 @@ def isolate_validation(on: bool = True) -> None:
     _ISOLATED = on
 
 
+#: Lots that failed to load, by the same key: (source, problems) of a LotError,
+#: or (None, [message]) of a compile error. A fleet of start triggers for one
+#: broken lot then costs one validation, not one each.
+_FAILED: dict[tuple[str, int, int], tuple[str | None, list[str]]] = {}
+
+
 def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
     """Load (or reuse) a lot; the cache key includes mtime and size so an edited
-    file is read again. Raises LotError for an invalid lot."""
+    file is read again. Raises LotError for an invalid lot, ValueError for a
+    template that does not compile (both remembered until the file changes),
+    ValidatorFailed when the validator child could not answer (not remembered)."""
     real = str(Path(path).resolve())
     st = os.stat(real)
     key = (real, st.st_mtime_ns, st.st_size)
     hit = _CACHE.get(key)
-    if hit is None:
+    if hit is not None:
+        return hit
+    failed = _FAILED.get(key)
+    if failed is not None:
+        source, problems = failed
+        if source is None:
+            raise ValueError(problems[0])
+        raise LotError(source, list(problems))
+    try:
         if _ISOLATED:
             mirror: Any = validate_in_child(real)
         else:
@@ -76,7 +92,13 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
 
             mirror = load_plain_lot(real)
         hit = LoadedLot.from_lot(mirror, real)
-        _CACHE[key] = hit
+    except LotError as exc:
+        _FAILED[key] = (exc.source, list(exc.problems))
+        raise
+    except ValueError as exc:  # a template that does not compile (an expression cycle, ...)
+        _FAILED[key] = (None, [str(exc)])
+        raise
+    _CACHE[key] = hit
     return hit
 
 
