@@ -210,3 +210,26 @@ def test_a_broken_lot_is_validated_once_until_it_changes(
     monkeypatch.setattr(preload, "_ISOLATED", True)
     bad.write_text(THERMOSTATS.read_text())
     assert preload.loaded_lot(bad).lot.name == load_lot(THERMOSTATS).name
+
+
+def test_no_model_field_hides_a_method_of_the_mirror() -> None:
+    """A field named like a Spec method (replace, fields, ...) would shadow it."""
+    from pydantic import BaseModel
+
+    import mockfleet.mock.generators.specs
+    import mockfleet.mock.lot  # noqa: F401
+
+    seen: set[type[BaseModel]] = set()
+    todo = list(BaseModel.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+        if not cls.__module__.startswith("mockfleet.mock"):
+            continue
+        mirror = PlainLot if cls.__name__ == "MockLot" else Spec
+        clash = {f for f in cls.model_fields if hasattr(mirror, f)}
+        assert not clash, f"{cls.__name__}: {clash}"
+    assert len(seen) > 30
