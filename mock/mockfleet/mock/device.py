@@ -129,16 +129,11 @@ class DeviceEngine:
     def interval(self) -> float:
         return self.state_spec.interval or self.lot.spec.timing.interval
 
-    def _after_deadline(self) -> float | None:
-        """When the current state's first timed transition is due (None: none is).
-        Worked out on entering the state: asked twice per message."""
-        return self._deadline
-
     def next_due(self) -> float:
         """Simulated time of the next thing to do (a sample, a timed transition,
         the end of the device's duration, or the end of an offline spell)."""
         due = self._next_sample
-        deadline = self._after_deadline()
+        deadline = self._deadline
         if deadline is not None and deadline < due:
             due = deadline
         duration = self.lot.spec.timing.duration
@@ -156,6 +151,7 @@ class DeviceEngine:
         self.ctx.state = state
         #: the current state's spec (kept here: read several times per message)
         self.state_spec: State = self.compiled.states[state]
+        #: when its first timed transition is due (None: it has none)
         deadlines = [now + t.after for t in self.state_spec.transitions if t.after]
         self._deadline = min(deadlines) if deadlines else None
         if self.state_spec.terminal:
@@ -214,7 +210,7 @@ class DeviceEngine:
             # reconnect: the buffered backlog goes out in one burst
             out.extend(self._offline_buffer)
             self._offline_buffer.clear()
-        deadline = self._after_deadline()
+        deadline = self._deadline
         if deadline is not None and now >= deadline:
             for tr in self.state_spec.transitions:
                 if tr.after is not None and now >= self.state_since + tr.after:

@@ -86,8 +86,3 @@ class PlainLot(Spec):
 def make(model: str, fields: dict[str, Any]) -> Spec:
     """The mirror of one model instance (``MockLot`` gets :class:`PlainLot`)."""
     return PlainLot(model, fields) if model == "MockLot" else Spec(model, fields)
-
-
-def is_generator(value: Any) -> bool:
-    """Is ``value`` a generator spec (a mirror, or a pydantic generator model)?"""
-    return isinstance(value, Spec) and hasattr(value, "gen")
