@@ -2,7 +2,7 @@
 
 The tower's zygote forks every mock, and a fork costs in proportion to what
 the forking process holds: its memory and its mappings. pydantic and the
-lot's schema add about 12 MiB and some 80 mappings (its compiled core and the
+lot's schema add about 9 MiB and some 60 mappings (its compiled core and the
 extension modules it imports) that a running device never needs. So lots are
 validated with the pydantic models elsewhere (``mockfleet.mock.plainlot``: in
 the CLI, or in a short-lived child of the zygote), and the device runtime
