@@ -119,16 +119,14 @@ def validate_in_child(path: str) -> PlainLot:
         code = 0
         try:
             os.close(r)
-            result: tuple[Any, ...]
             try:
                 from mockfleet.mock.plainlot import load_plain_lot
 
-                result = ("ok", load_plain_lot(path))
+                data = pickle.dumps(("ok", load_plain_lot(path)), pickle.HIGHEST_PROTOCOL)
             except LotError as exc:
-                result = ("invalid", exc.source, exc.problems)
-            except Exception as exc:
-                result = ("failed", f"{type(exc).__name__}: {exc}")
-            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+                data = pickle.dumps(("invalid", exc.source, exc.problems))
+            except Exception as exc:  # also a lot whose values do not pickle: refused, not retried
+                data = pickle.dumps(("failed", f"{type(exc).__name__}: {exc}"))
             while data:
                 data = data[os.write(w, data) :]
         except BaseException:
