@@ -456,8 +456,7 @@ class Tower:
             wait = req.not_before - time.time()
             if wait > 0:
                 del self.pending[mock_id]
-                self.deferred.add(mock_id)
-                self.at(wait, lambda m=mock_id: self._undefer(m))  # type: ignore[misc]
+                self._defer(mock_id, wait)
                 continue
             slot = self._take_slot()
             if slot is None:
@@ -482,6 +481,11 @@ class Tower:
 
     def _pacing_done(self) -> None:
         self.pacing_timer = False
+
+    def _defer(self, mock_id: str, delay: float) -> None:
+        """Leave a start trigger alone for ``delay`` seconds, then take it up again."""
+        self.deferred.add(mock_id)
+        self.at(delay, lambda: self._undefer(mock_id))
 
     def _undefer(self, mock_id: str) -> None:
         self.deferred.discard(mock_id)
@@ -530,8 +534,7 @@ class Tower:
                 self.events.emit(
                     "start-retry", mock=mock_id, reason=reply.get("error"), after=RETRY_START_AFTER
                 )
-                self.deferred.add(mock_id)
-                self.at(RETRY_START_AFTER, lambda m=mock_id: self._undefer(m))  # type: ignore[misc]
+                self._defer(mock_id, RETRY_START_AFTER)
             return
         m.pid = int(reply["pid"])
         m.start_ticks = int(reply["start_ticks"])
