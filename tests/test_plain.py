@@ -124,7 +124,8 @@ runner = DeviceRunner(lot.compiled, 5, stop_file=None, counters=slot, log=log)
 msgs = runner.engine.tick(runner.engine.next_due())
 heavy = sorted(m for m in sys.modules
                if m.split(".")[0] in ("pydantic", "pydantic_core", "yaml", "annotated_types"))
-print(json.dumps({"heavy": heavy, "fresh": fresh, "messages": len(msgs),
+openssl = sorted(m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "openssl": openssl, "fresh": fresh, "messages": len(msgs),
                   "restart": lot.lot.spec.restart.to_data()}))
 """
 
@@ -142,6 +143,40 @@ def test_a_zygote_never_loads_pydantic_or_yaml(example: Path) -> None:
     assert result["heavy"] == []
     assert result["fresh"] is True
     assert result["restart"] == load_lot(example).spec.restart.model_dump(mode="json")
+
+
+_HTTP_LOT = """
+apiVersion: mockfleet.dev/v1alpha1
+kind: MockLot
+metadata: {name: lean}
+spec:
+  devices: 10
+  payload: {template: {t: {$gen: sine, period: 1h}}}
+  sink: {type: http, url: "%s://127.0.0.1:9/in/{id}"}
+"""
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_openssl_loads_only_for_a_lot_that_needs_tls(scheme: str, tmp_path: Path) -> None:
+    """OpenSSL (ssl, _hashlib: about 1 MiB of private memory and 20 mappings)
+    stays out of a zygote whose lots send plain HTTP: every mock fork would
+    copy its page tables and every mock exit tear them down. An https lot
+    has it preloaded, before the forks, rather than imported by each device."""
+    lot = tmp_path / "lot.yaml"
+    lot.write_text(_HTTP_LOT % scheme)
+    out = subprocess.run(
+        [sys.executable, "-c", _LEAN, str(lot)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["messages"] == 1
+    if scheme == "http":
+        assert result["openssl"] == []
+    else:
+        assert "ssl" in result["openssl"]
 
 
 def test_loaded_lot_holds_the_mirror() -> None:

@@ -9,14 +9,22 @@ stream, so adding a field to a template does not change the others' values.
 
 from __future__ import annotations
 
-import hashlib
 import random
+
+try:
+    # The built-in BLAKE2 that hashlib.blake2b also is. Importing hashlib itself
+    # would load OpenSSL's libcrypto (about 0.6 MiB of private memory) into the
+    # zygote, and so into the page tables every mock fork copies and every
+    # mock exit tears down.
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - an interpreter built without _blake2
+    from hashlib import blake2b
 
 
 def derive(*parts: object) -> int:
     """A 64-bit integer from the parts, stable across processes and machines."""
     text = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+    return int.from_bytes(blake2b(text, digest_size=8).digest(), "big")
 
 
 def device_seed(lot_seed: int, index: int) -> int:

@@ -13,8 +13,8 @@ import base64
 import json
 import random
 import socket
-import ssl
 import struct
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,19 +35,20 @@ from mockfleet.mock.sinks.http_wire import (
     split_url,
 )
 from mockfleet.mock.sinks.render import render
-from mockfleet.mock.sinks.tls import ssl_context
 
 if TYPE_CHECKING:
+    import ssl
+
     from mockfleet.mock import lot
 
 #: Errors that mean a reused keep-alive connection had been closed by the server
-#: while idle; the request is sent again at once on a fresh connection.
-_STALE = (
+#: while idle; the request is sent again at once on a fresh connection. (Over
+#: TLS, ssl.SSLEOFError too: see _stale_errors.)
+_STALE: tuple[type[BaseException], ...] = (
     RemoteDisconnected,
     BrokenPipeError,
     ConnectionResetError,
     ConnectionAbortedError,
-    ssl.SSLEOFError,
 )
 #: receive buffer per sink; also the largest response head accepted
 BUFFER_SIZE = 8 * 1024
@@ -113,6 +114,8 @@ class HttpSink(Sink):
         except ValueError as exc:
             raise FatalSinkError(f"sink.url: {self.url!r}: {exc}") from None
         self._https = url.https
+        #: what a stale keep-alive connection raises (see _STALE)
+        self._stale = _stale_errors(url.https)
         self._host = url.host
         self._port = url.port
         self._target = url.target
@@ -156,7 +159,7 @@ class HttpSink(Sink):
         except ValueError as exc:
             raise FatalSinkError(f"sink.headers: {exc}") from None
         if self._https:
-            self._context = ssl_context(self.spec.tls, ssl.Purpose.SERVER_AUTH)
+            self._context = _client_context(self.spec.tls)
 
     def close(self, timeout: float) -> None:
         self._drop()
@@ -170,12 +173,11 @@ class HttpSink(Sink):
             retry_after: float | None = None
             try:
                 head, data = self._exchange(body)
-            except ssl.SSLError as exc:
-                # Certificate or handshake problems: trying again will not help.
-                self._drop()
-                return SendOutcome(ok=False, retries=attempt, error=f"{self.where}: TLS: {exc}")
             except (OSError, ProtocolError) as exc:
                 self._drop()
+                if self._https and _is_tls_error(exc):
+                    # Certificate or handshake problems: trying again will not help.
+                    return SendOutcome(ok=False, retries=attempt, error=f"{self.where}: TLS: {exc}")
                 error = f"{self.where}: {type(exc).__name__}: {exc}".rstrip(": ")
                 retryable = True
             else:
@@ -217,7 +219,7 @@ class HttpSink(Sink):
         reused = self._answered > 0
         try:
             return self._request(sock, body)
-        except _STALE:
+        except self._stale:
             if not reused:
                 raise
             self._drop()
@@ -283,7 +285,7 @@ class HttpSink(Sink):
                 _kernel_timeouts(sock, self.spec.timeout)
             if self._https:
                 if self._context is None:
-                    self._context = ssl_context(self.spec.tls, ssl.Purpose.SERVER_AUTH)
+                    self._context = _client_context(self.spec.tls)
                 try:
                     sock = self._context.wrap_socket(sock, server_hostname=self._host)
                 except BaseException:
@@ -297,6 +299,31 @@ class HttpSink(Sink):
             self._sock.close()
             self._sock = None
         self._answered = 0
+
+
+def _stale_errors(https: bool) -> tuple[type[BaseException], ...]:
+    if not https:
+        return _STALE
+    import ssl
+
+    return (*_STALE, ssl.SSLEOFError)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    """An ssl.SSLError; ssl is looked up, not imported: plain HTTP never loads it."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
+
+
+def _client_context(tls: Any) -> ssl.SSLContext:
+    """The TLS context for an https URL. The ssl module (and OpenSSL with it)
+    is imported here, not at the top: a zygote serving only plain-HTTP lots
+    never loads it, so no mock inherits its memory (see preload_sink)."""
+    import ssl
+
+    from mockfleet.mock.sinks.tls import ssl_context
+
+    return ssl_context(tls, ssl.Purpose.SERVER_AUTH)
 
 
 def _connect(host: str, port: int, timeout: float) -> socket.socket:
