@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote as urllib_quote
 from urllib.parse import urlsplit
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mockfleet.mock.sinks.http_wire import (
+    _TARGET_SAFE,
     BodyDecoder,
     ChunkedBody,
     Head,
@@ -20,6 +22,7 @@ from mockfleet.mock.sinks.http_wire import (
     host_header,
     keeps_alive,
     parse_head,
+    quote,
     request_head,
     request_target,
     split_url,
@@ -356,3 +359,14 @@ def test_body_framing_and_keep_alive(h: Head, kind: type, alive: bool) -> None:
 def test_bad_content_length_is_a_protocol_error(value: str) -> None:
     with pytest.raises(ProtocolError, match="Content-Length"):
         body_decoder(head(content_length=value))
+
+
+@given(st.text())
+def test_quote_matches_urllib(text: str) -> None:
+    try:
+        expected = urllib_quote(text, safe=_TARGET_SAFE)
+    except UnicodeEncodeError:  # lone surrogates: both refuse them
+        with pytest.raises(UnicodeEncodeError):
+            quote(text)
+        return
+    assert quote(text) == expected

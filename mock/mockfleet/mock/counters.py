@@ -34,8 +34,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 SLOT_SIZE = 128
 _HEAD = struct.Struct("<II")
@@ -46,8 +45,10 @@ _ERROR_AT = 96
 _TEXT = 32
 
 
-@dataclass(frozen=True, slots=True)
-class Counters:
+class Counters(NamedTuple):
+    """One slot's numbers as read (a named tuple: no dataclasses import in
+    the modules a device runs, see mockfleet.mock.record)."""
+
     pid: int
     sent: int
     failed: int
@@ -158,7 +159,7 @@ class CounterFile:
     """A file of ``slots`` counter slots, mapped shared."""
 
     def __init__(self, path: str | os.PathLike[str], slots: int, create: bool = False) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)
         self.slots = slots
         size = slots * SLOT_SIZE
         flags = os.O_RDWR | (os.O_CREAT if create else 0)

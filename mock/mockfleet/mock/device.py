@@ -12,14 +12,14 @@ downlink commands go to :meth:`DeviceEngine.on_command`.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from mockfleet.mock import faults as faultlib
 from mockfleet.mock import jsonenc, seeding
 from mockfleet.mock.generators.base import Context
-from mockfleet.mock.generators.expr import ExprError, compile_expr
+from mockfleet.mock.generators.syntax import ExprError
 from mockfleet.mock.plain import PlainLot
+from mockfleet.mock.record import FrozenRecord, Record
 from mockfleet.mock.template import TemplateInstance, compile_states, render_variables
 
 if TYPE_CHECKING:
@@ -32,30 +32,45 @@ DEFAULT_STATE = "default"
 _DUMPS = jsonenc.encoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-@dataclass(slots=True)
-class Message:
+class Message(Record):
     """One message ready to send (sent_at is stamped by :meth:`DeviceEngine.encode`)."""
 
-    obj: Any
-    seq: int
-    #: simulated time the message was scheduled for
-    due: float = 0.0
-    malformed: bool = False
-    oversize: int = 0
-    #: True for the second copy of a duplicated message
-    duplicate: bool = False
+    __slots__ = ("due", "duplicate", "malformed", "obj", "oversize", "seq")
+
+    def __init__(
+        self,
+        obj: Any,
+        seq: int,
+        due: float = 0.0,
+        malformed: bool = False,
+        oversize: int = 0,
+        duplicate: bool = False,
+    ) -> None:
+        self.obj = obj
+        self.seq = seq
+        #: simulated time the message was scheduled for
+        self.due = due
+        self.malformed = malformed
+        self.oversize = oversize
+        #: True for the second copy of a duplicated message
+        self.duplicate = duplicate
 
 
-@dataclass(frozen=True)
-class CompiledLot:
+class CompiledLot(FrozenRecord):
     """What all devices of a lot share: built once (in the tower's zygote).
 
     ``lot`` is the lot's plain mirror (typed as the model it mirrors)."""
 
+    __slots__ = ("initial", "lot", "states", "templates")
     lot: MockLot
     templates: dict[str, Any]
     states: dict[str, State]
     initial: str
+
+    def __init__(
+        self, lot: MockLot, templates: dict[str, Any], states: dict[str, State], initial: str
+    ) -> None:
+        self._init(lot=lot, templates=templates, states=states, initial=initial)
 
     @classmethod
     def build(cls, lot: MockLot | PlainLot) -> CompiledLot:
@@ -185,6 +200,8 @@ class DeviceEngine:
             elif tr.when is not None:
                 env = {**self.names, **(fields if isinstance(fields, dict) else {})}
                 env.update(state=self.state, seq=self.ctx.seq, t=self.ctx.elapsed)
+                from mockfleet.mock.generators.expr import compile_expr  # imports ast
+
                 try:
                     hit = bool(compile_expr(tr.when)(env))
                 except (ExprError, ArithmeticError, TypeError, ValueError) as exc:

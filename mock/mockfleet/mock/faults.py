@@ -10,27 +10,40 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from mockfleet.mock.record import Record
 
 if TYPE_CHECKING:
     from mockfleet.mock.lot import Fault
 
 
-@dataclass(slots=True)
-class Decision:
-    """What to do to one message."""
+class Decision(Record):
+    """What to do to one message (fresh per message: every field at its default)."""
 
-    drop: bool = False
-    duplicate: bool = False
-    out_of_order: bool = False
-    malformed: bool = False
-    oversize: int = 0
-    late_by: float = 0.0
-    #: seconds the device should stay offline from now (offline fault)
-    offline_for: float = 0.0
-    offline_buffer: bool = True
-    offline_limit: int = 0
+    __slots__ = (
+        "drop",
+        "duplicate",
+        "late_by",
+        "malformed",
+        "offline_buffer",
+        "offline_for",
+        "offline_limit",
+        "out_of_order",
+        "oversize",
+    )
+
+    def __init__(self) -> None:
+        self.drop = False
+        self.duplicate = False
+        self.out_of_order = False
+        self.malformed = False
+        self.oversize = 0
+        self.late_by = 0.0
+        #: seconds the device should stay offline from now (offline fault)
+        self.offline_for = 0.0
+        self.offline_buffer = True
+        self.offline_limit = 0
 
 
 def decide(faults: Iterable[Fault], rng: random.Random) -> Decision:

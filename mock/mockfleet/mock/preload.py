@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mockfleet.mock.device import CompiledLot
 from mockfleet.mock.loterror import LotError, ValidatorFailed
+from mockfleet.mock.record import FrozenRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,16 +28,19 @@ if TYPE_CHECKING:
     from mockfleet.mock.sinks.base import Sink
 
 
-@dataclass(frozen=True)
-class LoadedLot:
+class LoadedLot(FrozenRecord):
     """A validated lot plus everything compiled from it, shared by its devices.
 
     ``lot`` is the lot's plain mirror (mockfleet.mock.plain), typed as the
     model it mirrors: reading it needs no pydantic."""
 
+    __slots__ = ("compiled", "lot", "path")
     path: str
     lot: MockLot
     compiled: CompiledLot
+
+    def __init__(self, path: str, lot: MockLot, compiled: CompiledLot) -> None:
+        self._init(path=path, lot=lot, compiled=compiled)
 
     @classmethod
     def from_lot(cls, lot: MockLot | PlainLot, path: str = "<lot>") -> LoadedLot:
@@ -72,7 +74,7 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
     file is read again. Raises LotError for an invalid lot, ValueError for a
     template that does not compile (both remembered until the file changes),
     ValidatorFailed when the validator child could not answer (not remembered)."""
-    real = str(Path(path).resolve())
+    real = os.path.realpath(path)  # as Path.resolve(), without importing pathlib
     st = os.stat(real)
     key = (real, st.st_mtime_ns, st.st_size)
     hit = _CACHE.get(key)

@@ -29,8 +29,7 @@ from mockfleet.mock.generators.build import (
     parse_spec,
     round_value,
 )
-from mockfleet.mock.generators.expr import ExprError, compile_expr, names_used
-from mockfleet.mock.generators.syntax import GEN_KEY, check_format_template
+from mockfleet.mock.generators.syntax import GEN_KEY, ExprError, check_format_template
 from mockfleet.mock.plain import Spec
 from mockfleet.mock.seeding import device_seed
 
@@ -59,6 +58,8 @@ class _ExprNode:
         self.node_id = node_id
         self.key = key
         self.source = source
+        from mockfleet.mock.generators.expr import compile_expr  # imports ast: only when used
+
         self.fn = compile_expr(source)
         self.round = ndigits
         self.top_level = top_level
@@ -314,6 +315,10 @@ def _renumber(node: tuple[Any, ...], ranks: dict[int, int]) -> tuple[Any, ...]:
 def _order_exprs(exprs: list[_ExprNode]) -> tuple[_ExprNode, ...]:
     """Top-level expressions in dependency order, then nested ones (which nothing
     can reference by name). A cycle is a ValueError naming its fields."""
+    if not exprs:
+        return ()
+    from mockfleet.mock.generators.expr import names_used  # imports ast: only when used
+
     top = {e.key: e for e in exprs if e.top_level}
     deps = {k: sorted(names_used(e.source) & top.keys()) for k, e in top.items()}
     order: list[_ExprNode] = []
@@ -419,6 +424,8 @@ def check_names(compiled: CompiledTemplate, variables: set[str]) -> None:
     fields = _top_level_keys(compiled.source)
     available = variables | fields | set(EXPR_NAMES)
     for ex in compiled.exprs:
+        from mockfleet.mock.generators.expr import names_used
+
         unknown = names_used(ex.source) - available
         if unknown:
             raise ValueError(

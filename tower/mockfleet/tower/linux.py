@@ -11,7 +11,7 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # The process's own symbols, libc's among them. Not ctypes.util.find_library,
 # which runs ldconfig in a subprocess on every import (a start-up cost for
@@ -85,8 +85,7 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True, slots=True)
-class InotifyEvent:
+class InotifyEvent(NamedTuple):
     wd: int
     mask: int
     name: str
@@ -139,8 +138,11 @@ def boot_id() -> str:
         return f.read().strip()
 
 
-@dataclass(frozen=True, slots=True)
-class ProcStat:
+class ProcStat(NamedTuple):
+    """(Named tuples here, not dataclasses: the zygote imports this module, and
+    dataclasses would bring inspect and ast into every mock's inherited
+    memory, see mockfleet.mock.record.)"""
+
     pid: int
     state: str
     ppid: int

@@ -35,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import signal
 from collections.abc import Callable
 
@@ -45,7 +44,7 @@ CLONE_PARENT = 0x00008000
 
 
 def _load() -> Callable[[int], int] | None:
-    nr = _SYS_CLONE.get(platform.machine())
+    nr = _SYS_CLONE.get(os.uname().machine)  # platform.machine(), without importing platform
     if nr is None or not hasattr(ctypes, "pythonapi"):
         return None
     try:

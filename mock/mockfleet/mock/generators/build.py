@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from mockfleet.mock.durations import parse_duration
 from mockfleet.mock.generators.base import Context, Generator
-from mockfleet.mock.generators.expr import ExprError, compile_expr
 from mockfleet.mock.generators.gps import Route
+from mockfleet.mock.generators.syntax import ExprError
 from mockfleet.mock.plain import Spec
 from mockfleet.mock.seeding import stream
 
@@ -426,6 +426,8 @@ class _Expr:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        from mockfleet.mock.generators.expr import compile_expr  # imports ast: only when used
+
         self.fn = compile_expr(source)
 
     def __call__(self, ctx: Context) -> Any:

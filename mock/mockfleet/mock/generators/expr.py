@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from mockfleet.mock.generators.syntax import ExprError as ExprError  # re-exported
+
 Env = Mapping[str, Any]
 Compiled = Callable[[Env], Any]
 
@@ -75,10 +77,6 @@ CONSTANTS = {"pi": math.pi, "e": math.e, "true": True, "false": False, "null": N
 _MAX_POW = 1000  # 10 ** 10 ** 10 would hang a device; no sensor needs exponents like that
 _MAX_BITS = 4096  # integers beyond this are no sensor value, only a way to hang a device
 _MAX_ITEMS = 100_000
-
-
-class ExprError(ValueError):
-    """An expression that cannot be compiled or evaluated, with the reason."""
 
 
 def _pow(a: Any, b: Any) -> Any:

@@ -1,11 +1,17 @@
 """Template syntax shared by the lot schema and the runtime, without pydantic:
-the key that marks a generator, and the check of ``str.format`` templates."""
+the key that marks a generator, the check of ``str.format`` templates, and
+the error of expressions (here rather than in expr, which imports ast: a
+zygote whose lots use no expression never loads it, see mockfleet.mock.record)."""
 
 from __future__ import annotations
 
 import string
 
 GEN_KEY = "$gen"
+
+
+class ExprError(ValueError):
+    """An expression that cannot be compiled or evaluated, with the reason."""
 
 
 def check_format_template(template: str) -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from mockfleet.mock.record import Record
 
 #: wait(seconds) -> False when the device was asked to stop meanwhile.
 Wait = Callable[[float], bool]
@@ -19,13 +20,21 @@ class FatalSinkError(SinkError):
     unreadable secret): the device exits with EXIT_SINK_FATAL."""
 
 
-@dataclass(slots=True)
-class SendOutcome:
-    ok: bool
-    retries: int = 0
-    error: str | None = None
-    #: downlink commands that came back with this send (e.g. in an HTTP response)
-    commands: list[str] = field(default_factory=list)
+class SendOutcome(Record):
+    __slots__ = ("commands", "error", "ok", "retries")
+
+    def __init__(
+        self,
+        ok: bool,
+        retries: int = 0,
+        error: str | None = None,
+        commands: list[str] | None = None,
+    ) -> None:
+        self.ok = ok
+        self.retries = retries
+        self.error = error
+        #: downlink commands that came back with this send (e.g. in an HTTP response)
+        self.commands: list[str] = [] if commands is None else commands
 
 
 class Sink(ABC):
