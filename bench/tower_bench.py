@@ -153,6 +153,47 @@ def cpu_of(pids: Iterable[int]) -> float:
     return total
 
 
+#: kernel threads that do memory management work (reclaim, compaction, huge
+#: pages, DAMON's access monitoring): their CPU competes with the mocks
+KERNEL_MM_THREADS = ("kdamond", "kswapd", "khugepaged", "kcompactd")
+
+
+class MachineLoad:
+    """How busy the whole machine was between two marks, and how much of it
+    went to the kernel's memory-management threads.
+
+    On a VM whose host runs DAMON-based proactive reclaim (``kdamond``), that
+    thread's page sampling walks the reverse mappings of pages that thousands
+    of forked mocks share, and holds the locks a mock's exit needs: its CPU
+    is part of the picture when a latency figure looks bad.
+    """
+
+    def __init__(self) -> None:
+        self.kthreads = [
+            p.pid
+            for p in psutil.process_iter(["name"])
+            if (p.info["name"] or "").startswith(KERNEL_MM_THREADS)
+        ]
+        self.marks: dict[str, tuple[float, float, float]] = {}
+
+    def mark(self, name: str) -> None:
+        # Idle time is kept exactly (tickless idle); busy time is sampled at
+        # timer ticks and misses most of thousands of sub-millisecond bursts.
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        self.marks[name] = (time.monotonic(), idle, cpu_of(self.kthreads))
+
+    def between(self, a: str, b: str) -> tuple[float, float] | None:
+        """(% of all CPUs busy, % of one core used by the memory threads)."""
+        if a not in self.marks or b not in self.marks:
+            return None
+        (t0, idle0, k0), (t1, idle1, k1) = self.marks[a], self.marks[b]
+        span = max(t1 - t0, 1e-6)
+        cpus = psutil.cpu_count() or 1
+        busy = 1 - (idle1 - idle0) / (span * cpus)
+        return max(0.0, busy) * 100, (k1 - k0) / span * 100
+
+
 def minor_faults(pids: Iterable[int]) -> list[int]:
     """Minor page faults of each live process so far (copy-on-write copies and
     first touches: what a forked child pays for every page it writes)."""
@@ -328,6 +369,8 @@ class Result:
     own_ms: list[float] = field(default_factory=list)  # that notice -> the supervisor's record
     start_faults: float | None = None  # minor page faults per mock, start-up + first sends
     loads: dict[str, float] = field(default_factory=dict)
+    #: phase -> (% of all CPUs busy, % of a core used by kernel memory threads)
+    machine: dict[str, tuple[float, float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -358,6 +401,7 @@ def measure_steady(
     supervisor: psutil.Process,
     helper: psutil.Process | None,
     seconds: float,
+    machine: MachineLoad | None = None,
 ) -> None:
     """Sending rate, idle CPU (over ``seconds``) and PSS with all mocks running."""
     res.loads["idle"] = load1()
@@ -365,9 +409,14 @@ def measure_steady(
     mocks0 = cpu_of(mock_pids)
     cpu0 = cpu_seconds(supervisor)
     hcpu0 = cpu_seconds(helper) if helper else 0.0
+    if machine:
+        machine.mark("steady0")
     t0 = time.monotonic()
     time.sleep(seconds)  # the measurement window itself
     elapsed = time.monotonic() - t0
+    if machine:
+        machine.mark("steady1")
+        res.machine["steady"] = machine.between("steady0", "steady1") or (0.0, 0.0)
     res.idle_cpu = (cpu_seconds(supervisor) - cpu0) / elapsed * 100
     res.mocks_cpu = (cpu_of(mock_pids) - mocks0) / elapsed * 100
     if helper:
@@ -592,6 +641,8 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     phase(f"starting {n} mocks")
     cpu0 = cpu_seconds(supervisor) + cpu_seconds(helper, children=True)
     res.loads["start"] = load1()
+    machine = MachineLoad()
+    machine.mark("start0")
     t0 = time.time()
     for tmp, final in pairs:
         os.rename(tmp, final)
@@ -605,6 +656,8 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
         return started if len(started) >= n else None
 
     started = wait_for(all_started, args.start_timeout, 0.02)
+    machine.mark("start1")
+    res.machine["start"] = machine.between("start0", "start1") or (0.0, 0.0)
     if started is None:
         started = [e for e in tower.events() if e["event"] == "started"]
         res.note = f"only {len(started)} started within {args.start_timeout:.0f}s"
@@ -620,7 +673,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     # --- steady state
     phase(f"{res.running} running; sending for {args.settle:.0f}s, then idle CPU")
     time.sleep(args.settle)  # let them send for a while before measuring memory
-    measure_steady(rx, res, list(pids.values()), supervisor, helper, args.idle_seconds)
+    measure_steady(rx, res, list(pids.values()), supervisor, helper, args.idle_seconds, machine)
 
     # --- exit detection
     renice(supervisor.pid, args.renice_supervisor, res)
@@ -628,7 +681,10 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     victims = random.Random(1).sample(sorted(pids.values()), min(args.kills, n // 2))
     phase(f"exit detection: kill -9 of {len(victims)} mocks")
     watch = ExitWatch(victims)
+    machine.mark("kill0")
     killed = kill_mocks(victims, args.kill_spacing)
+    machine.mark("kill1")
+    res.machine["kill"] = machine.between("kill0", "kill1") or (0.0, 0.0)
     res.kills = len(killed)
     lat = wait_for(
         lambda: x if len(x := exit_latencies(tower.events(), killed)) >= len(killed) else None,
@@ -892,7 +948,8 @@ def run_supervisord(args: argparse.Namespace, procs: Processes, workdir: Path) -
     # --- steady state
     phase(f"{res.running} running; sending for {args.settle:.0f}s, then idle CPU")
     time.sleep(args.settle)  # let them send for a while before measuring memory
-    measure_steady(rx, res, pids, supervisor, None, args.idle_seconds)
+    machine = MachineLoad()
+    measure_steady(rx, res, pids, supervisor, None, args.idle_seconds, machine)
 
     # --- exit detection
     renice(supervisor.pid, args.renice_supervisor, res)
@@ -900,7 +957,10 @@ def run_supervisord(args: argparse.Namespace, procs: Processes, workdir: Path) -
     by_pid = {int(i["pid"]): str(i["name"]) for i in infos if i["statename"] == "RUNNING"}
     victims = random.Random(1).sample(sorted(pids), min(args.kills, len(pids) // 2))
     watch = ExitWatch(victims)
+    machine.mark("kill0")
     killed = kill_mocks(victims, args.kill_spacing)
+    machine.mark("kill1")
+    res.machine["kill"] = machine.between("kill0", "kill1") or (0.0, 0.0)
     res.kills = len(killed)
     name_to_pid = {by_pid[pid]: pid for pid in killed}
 
@@ -978,7 +1038,17 @@ TABLE: list[tuple[str, Callable[[Result], str]]] = [
     ("  kill -> kernel notice p50/p99 (ms)", lambda r: _pair(r.kernel_ms)),
     ("  notice -> recorded p50/p99 (ms)", lambda r: _pair(r.own_ms)),
     ("load avg 1m @start/idle/kill", _loads),
+    ("machine busy (% of all CPUs) start/steady/kill", lambda r: _machine(r, 0)),
+    ("  kernel memory threads (% core) same phases", lambda r: _machine(r, 1)),
 ]
+
+
+def _machine(r: Result, i: int) -> str:
+    if not r.machine:
+        return "-"
+    return "/".join(
+        f"{r.machine[p][i]:.0f}" if p in r.machine else "-" for p in ("start", "steady", "kill")
+    )
 
 
 def _round(value: Any) -> Any:
