@@ -125,7 +125,11 @@ msgs = runner.engine.tick(runner.engine.next_due())
 heavy = sorted(m for m in sys.modules
                if m.split(".")[0] in ("pydantic", "pydantic_core", "yaml", "annotated_types"))
 openssl = sorted(m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules)
-print(json.dumps({"heavy": heavy, "openssl": openssl, "fresh": fresh, "messages": len(msgs),
+# what no device needs at run time (see mockfleet.mock.record and plain.dumps)
+spare = sorted(m for m in ("dataclasses", "inspect", "ast", "pathlib", "urllib.parse",
+                           "ipaddress", "platform", "pickle", "traceback", "base64")
+               if m in sys.modules)
+print(json.dumps({"heavy": heavy, "openssl": openssl, "spare": spare, "fresh": fresh, "messages": len(msgs),
                   "restart": lot.lot.spec.restart.to_data()}))
 """
 
@@ -173,6 +177,9 @@ def test_openssl_loads_only_for_a_lot_that_needs_tls(scheme: str, tmp_path: Path
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["messages"] == 1
+    # Only what a device runs stays in the zygote, whose memory every mock
+    # inherits (ssl itself needs base64).
+    assert result["spare"] == ([] if scheme == "http" else ["base64"])
     if scheme == "http":
         assert result["openssl"] == []
     else:
@@ -268,3 +275,48 @@ def test_no_model_field_hides_a_method_of_the_mirror() -> None:
         clash = {f for f in cls.model_fields if hasattr(mirror, f)}
         assert not clash, f"{cls.__name__}: {clash}"
     assert len(seen) > 30
+
+
+def test_the_mirror_travels_by_marshal_with_its_types() -> None:
+    from mockfleet.mock import plain
+
+    inner = plain.make("Sine", {"gen": "sine", "period": 3600.0, "amplitude": 1})
+    value = (
+        "ok",
+        plain.make(
+            "MockLot",
+            {
+                "metadata": plain.make("Metadata", {"name": "m"}),
+                "spec": plain.make(
+                    "Spec",
+                    {"t": {"x": inner, 3: [1, 2.5, None, True, b"raw"]}, "pair": (1, "a")},
+                ),
+            },
+        ),
+    )
+    back = plain.loads(plain.dumps(value))
+    assert back[0] == "ok"
+    lot = back[1]
+    assert isinstance(lot, PlainLot) and lot.name == "m"
+    assert lot.to_data() == value[1].to_data()
+    assert isinstance(lot.spec.t["x"], Spec) and lot.spec.t["x"]._model == "Sine"
+    assert lot.spec.t[3] == [1, 2.5, None, True, b"raw"]
+    assert lot.spec.pair == (1, "a")  # a tuple stays a tuple
+
+
+def test_a_value_marshal_cannot_carry_falls_back_to_pickle(tmp_path: Path) -> None:
+    """YAML reads an unquoted 2024-01-01 as a date: the mirror still arrives."""
+    import datetime
+
+    from mockfleet.mock import plain
+
+    with pytest.raises(TypeError, match="date"):
+        plain.dumps({"since": datetime.date(2024, 1, 1)})
+    lot = tmp_path / "dated.yaml"
+    lot.write_text(
+        "apiVersion: mockfleet.dev/v1alpha1\nkind: MockLot\nmetadata: {name: dated}\n"
+        "spec:\n  devices: 3\n  constants: {since: 2024-01-01}\n"
+        "  payload: {template: {t: {$gen: sine, period: 1h}}}\n  sink: {type: stdout}\n"
+    )
+    mirrored = validate_in_child(str(lot))
+    assert mirrored.spec.constants == {"since": datetime.date(2024, 1, 1)}

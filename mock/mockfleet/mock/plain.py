@@ -9,12 +9,14 @@ the CLI, or in a short-lived child of the zygote), and the device runtime
 reads this mirror instead: one :class:`Spec` per model instance, with the
 same field names as attributes and every default already filled in.
 
-This module imports nothing heavy, and pickles of these objects load
-without pydantic.
+This module imports nothing heavy. The validator child sends its mirror
+back with :func:`dumps` / :func:`loads` (marshal, built into the
+interpreter), so the zygote does not even import pickle.
 """
 
 from __future__ import annotations
 
+import marshal
 from typing import Any
 
 
@@ -86,3 +88,55 @@ class PlainLot(Spec):
 def make(model: str, fields: dict[str, Any]) -> Spec:
     """The mirror of one model instance (``MockLot`` gets :class:`PlainLot`)."""
     return PlainLot(model, fields) if model == "MockLot" else Spec(model, fields)
+
+
+# --------------------------------------------------------------------------- transport
+
+#: types sent as they are (exact types: a subclass, an enum say, is not one)
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` (mirrors, dicts, lists, tuples, scalars) as marshal bytes.
+
+    Raises TypeError for anything else (a date that YAML read from an
+    unquoted value, say): the caller then falls back to pickle.
+    """
+    return marshal.dumps(_pack(value))
+
+
+def loads(data: bytes) -> Any:
+    """The value :func:`dumps` was given (Specs rebuilt, PlainLot included)."""
+    return _unpack(marshal.loads(data))
+
+
+def _pack(value: Any) -> Any:
+    # Containers become tagged tuples; scalars are never tuples, so they go as they are.
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, Spec):
+        return ("s", value._model, tuple((k, _pack(v)) for k, v in value.fields().items()))
+    if kind is dict:
+        return ("d", tuple((_pack(k), _pack(v)) for k, v in value.items()))
+    if kind is list:
+        return ("l", tuple(_pack(v) for v in value))
+    if kind is tuple:
+        return ("t", tuple(_pack(v) for v in value))
+    raise TypeError(f"{kind.__name__} values are not sent as a plain mirror")
+
+
+def _unpack(value: Any) -> Any:
+    if type(value) is not tuple:
+        return value
+    tag, *rest = value
+    if tag == "s":
+        model, items = rest
+        return make(model, {k: _unpack(v) for k, v in items})
+    if tag == "d":
+        return {_unpack(k): _unpack(v) for k, v in rest[0]}
+    if tag == "l":
+        return [_unpack(v) for v in rest[0]]
+    if tag == "t":
+        return tuple(_unpack(v) for v in rest[0])
+    raise ValueError(f"not a plain mirror: tag {tag!r}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 from typing import TYPE_CHECKING, Any, cast
 
 from mockfleet.mock.device import CompiledLot
@@ -106,10 +105,10 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
 
 def validate_in_child(path: str) -> PlainLot:
     """Read, validate and mirror a lot file in a forked child, which alone
-    imports pydantic and the schema, and pickles the mirror back (made only of
-    mockfleet.mock.plain objects and built-in types). A LotError there is
-    raised here with the same problems; ValidatorFailed when the child could
-    not be started or died without an answer (worth trying again)."""
+    imports pydantic and the schema, and sends the mirror back (made only of
+    mockfleet.mock.plain objects and built-in types: see _encode). A LotError
+    there is raised here with the same problems; ValidatorFailed when the
+    child could not be started or died without an answer (worth trying again)."""
     r, w = os.pipe()
     try:
         pid = os.fork()
@@ -121,14 +120,19 @@ def validate_in_child(path: str) -> PlainLot:
         code = 0
         try:
             os.close(r)
+            result: tuple[Any, ...]
             try:
                 from mockfleet.mock.plainlot import load_plain_lot
 
-                data = pickle.dumps(("ok", load_plain_lot(path)), pickle.HIGHEST_PROTOCOL)
+                result = ("ok", load_plain_lot(path))
             except LotError as exc:
-                data = pickle.dumps(("invalid", exc.source, exc.problems))
-            except Exception as exc:  # also a lot whose values do not pickle: refused, not retried
-                data = pickle.dumps(("failed", f"{type(exc).__name__}: {exc}"))
+                result = ("invalid", exc.source, exc.problems)
+            except Exception as exc:
+                result = ("failed", f"{type(exc).__name__}: {exc}")
+            try:
+                data = _encode(result)
+            except Exception as exc:  # values that cannot be sent back: refused, not retried
+                data = _encode(("failed", f"{type(exc).__name__}: {exc}"))
             while data:
                 data = data[os.write(w, data) :]
         except BaseException:
@@ -145,12 +149,36 @@ def validate_in_child(path: str) -> PlainLot:
         _, status = os.waitpid(pid, 0)
     if not chunks:
         raise ValidatorFailed(f"the lot validator died without an answer (wait status {status})")
-    result = pickle.loads(b"".join(chunks))
+    result = _decode(b"".join(chunks))
     if result[0] == "invalid":
         raise LotError(result[1], result[2])
     if result[0] == "failed":
         raise LotError(path, [f"validating the lot failed: {result[1]}"])
     return cast("PlainLot", result[1])
+
+
+def _encode(result: tuple[Any, ...]) -> bytes:
+    """The validator's answer: marshal (b"M") when it holds only what a mirror
+    is made of, else pickle (b"P"). Either way the zygote imports pickle only
+    for a lot that needs it: about 0.3 MiB that every mock would inherit."""
+    from mockfleet.mock import plain
+
+    try:
+        return b"M" + plain.dumps(result)
+    except TypeError:
+        import pickle
+
+        return b"P" + pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+
+
+def _decode(data: bytes) -> Any:
+    from mockfleet.mock import plain
+
+    if data[:1] == b"M":
+        return plain.loads(data[1:])
+    import pickle
+
+    return pickle.loads(data[1:])
 
 
 def preload(lot_paths: tuple[str, ...] = ()) -> None:

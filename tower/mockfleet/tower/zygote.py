@@ -30,7 +30,6 @@ import signal
 import socket
 import sys
 import time
-import traceback
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -370,6 +369,8 @@ class Zygote:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
+            import traceback  # not preloaded: see mockfleet.mock.runtime.run
+
             traceback.print_exc()
             code = 1
         finally:

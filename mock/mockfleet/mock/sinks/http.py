@@ -9,7 +9,6 @@ while idle. Responses are read into one small buffer owned by the sink.
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import socket
@@ -89,6 +88,8 @@ def auth_header(auth: lot.HttpAuth | None) -> tuple[str, str] | None:
     if auth.type == "basic":
         user = username(auth.username, auth.usernameEnv, "sink.auth.usernameEnv") or ""
         password = read_secret("sink.auth password", auth.passwordEnv, auth.passwordFile) or ""
+        import base64  # here: only lots with basic auth need it in the zygote
+
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         return "Authorization", f"Basic {token}"
     secret = read_secret("sink.auth token", auth.tokenEnv, auth.tokenFile) or ""
