@@ -69,6 +69,7 @@ from typing import Any, TypeVar
 
 import psutil
 import yaml
+from exit_trace import SchedTrace, anatomy, report
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -492,6 +493,17 @@ def split_latencies(
     return kernel, own
 
 
+def exit_tracer(args: argparse.Namespace, res: Result) -> SchedTrace | None:
+    """A scheduler trace of the kills (``--trace-exits``), or None (and why, in the note)."""
+    if not args.trace_exits:
+        return None
+    why = SchedTrace.why_not()
+    if why:
+        res.note += f"; --trace-exits skipped: {why}"
+        return None
+    return SchedTrace()
+
+
 def kill_mocks(pids: list[int], spacing: float) -> dict[int, float]:
     """kill -9 each pid, ``spacing`` seconds apart; returns pid -> kill time (epoch)."""
     killed: dict[int, float] = {}
@@ -681,15 +693,19 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     victims = random.Random(1).sample(sorted(pids.values()), min(args.kills, n // 2))
     phase(f"exit detection: kill -9 of {len(victims)} mocks")
     watch = ExitWatch(victims)
-    machine.mark("kill0")
-    killed = kill_mocks(victims, args.kill_spacing)
-    machine.mark("kill1")
-    res.machine["kill"] = machine.between("kill0", "kill1") or (0.0, 0.0)
-    res.kills = len(killed)
-    lat = wait_for(
-        lambda: x if len(x := exit_latencies(tower.events(), killed)) >= len(killed) else None,
-        30,
-    )
+    trace = exit_tracer(args, res)
+    with trace or contextlib.nullcontext():
+        machine.mark("kill0")
+        killed = kill_mocks(victims, args.kill_spacing)
+        machine.mark("kill1")
+        res.machine["kill"] = machine.between("kill0", "kill1") or (0.0, 0.0)
+        res.kills = len(killed)
+        lat = wait_for(
+            lambda: x if len(x := exit_latencies(tower.events(), killed)) >= len(killed) else None,
+            30,
+        )
+    if trace is not None:
+        res.extra["exit_anatomy"] = report(anatomy(trace.lines))
     watch.close()
     res.exit_ms = lat or exit_latencies(tower.events(), killed)
     res.detected = len(res.exit_ms)
@@ -1071,6 +1087,7 @@ def notes(r: Result) -> list[str]:
             f"a standalone mock is ~{r.extra['probe_uss_mib']:.0f} MiB USS; RUNNING means "
             "forked and exec'd (startsecs=0), not yet imported"
         )
+    out.extend(f"{line} ({who})" for line in r.extra.get("exit_anatomy", []))
     if r.extra.get("kill_reasons"):
         out.append(f"note ({who}): killed mocks recorded as {r.extra['kill_reasons']}")
     if "upgrade" in r.extra:
@@ -1241,6 +1258,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="NICE",
         help="experiment: set the supervisor process's nice value before the kills",
+    )
+    p.add_argument(
+        "--trace-exits",
+        action="store_true",
+        help="record the kills with perf's scheduler tracepoints (root) and split each "
+        "victim's kill -> exit notice into waiting for a CPU, running, and blocked "
+        "(see exit_trace.py); the tracing itself adds load",
     )
     p.add_argument("--order", choices=("tower-first", "supervisord-first"), default="tower-first")
     args = p.parse_args(argv)

@@ -129,7 +129,8 @@ openssl = sorted(m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules)
 spare = sorted(m for m in ("dataclasses", "inspect", "ast", "pathlib", "urllib.parse",
                            "ipaddress", "platform", "pickle", "traceback", "base64")
                if m in sys.modules)
-print(json.dumps({"heavy": heavy, "openssl": openssl, "spare": spare, "fresh": fresh, "messages": len(msgs),
+print(json.dumps({"heavy": heavy, "openssl": openssl, "spare": spare, "fresh": fresh,
+                  "messages": len(msgs),
                   "restart": lot.lot.spec.restart.to_data()}))
 """
 

@@ -1,0 +1,254 @@
+"""Where a killed mock's exit time goes, from the kernel's scheduler trace.
+
+``tower_bench.py --trace-exits`` records the kill phase with ``perf`` (the
+``sched`` and ``signal`` tracepoints, system-wide; needs root and the
+linux-perf package) and splits each victim's kill -> exit notice (the
+SIGCHLD its death sends the tower) into:
+
+- runnable: woken or preempted, waiting for a CPU;
+- on CPU: running, almost all of it tearing down its address space;
+- blocked: asleep in the kernel, on a lock another task holds (the tasks
+  that woke it are counted, by name).
+
+The parsing is pure (``anatomy``) so it can be checked on recorded text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EVENTS = "sched:sched_switch,sched:sched_waking,signal:signal_generate"
+_LINE = re.compile(r"^\s*(.+?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s+(.*)$")
+_FIELD = re.compile(r"(\w+)=(\S+)")
+
+
+@dataclass
+class Exit:
+    pid: int
+    total_ms: float = 0.0
+    runnable_ms: float = 0.0
+    on_cpu_ms: float = 0.0
+    blocked_ms: float = 0.0
+    wakers: Counter[str] = field(default_factory=Counter)
+
+
+def anatomy(lines: list[str]) -> list[Exit]:
+    """Per victim of a SIGKILL seen in ``perf script`` output (fields comm,
+    pid, tid, cpu, time, event, trace): kill -> its SIGCHLD, split by state."""
+    events = []
+    for line in lines:
+        m = _LINE.match(line)
+        if m:
+            fields = dict(_FIELD.findall(m[7]))
+            events.append((float(m[5]), m[6], int(m[2]), m[1].strip(), fields))
+    killed: dict[int, float] = {}
+    for ts, ev, _pid, _comm, f in events:
+        if ev == "signal:signal_generate" and f.get("sig") == "9":
+            killed.setdefault(int(f["pid"]), ts)
+    # state per victim: "run" (on a CPU), "wait" (runnable), "blocked"; and since when
+    state: dict[int, tuple[str, float]] = {pid: ("wait", ts) for pid, ts in killed.items()}
+    out = {pid: Exit(pid) for pid in killed}
+    done: set[int] = set()
+
+    def move(pid: int, new: str, ts: float) -> None:
+        old, since = state[pid]
+        e = out[pid]
+        span = (ts - since) * 1000
+        if old == "run":
+            e.on_cpu_ms += span
+        elif old == "wait":
+            e.runnable_ms += span
+        else:
+            e.blocked_ms += span
+        state[pid] = (new, ts)
+
+    for ts, ev, pid, comm, f in events:
+        if ev == "sched:sched_switch":
+            prev, nxt = int(f.get("prev_pid", -1)), int(f.get("next_pid", -1))
+            if prev in state and prev not in done and ts >= killed[prev]:
+                move(prev, "wait" if f.get("prev_state", "R").startswith("R") else "blocked", ts)
+            if nxt in state and nxt not in done and ts >= killed[nxt]:
+                move(nxt, "run", ts)
+        elif ev == "sched:sched_waking":
+            woken = int(f.get("pid", -1))
+            if woken in state and woken not in done and state[woken][0] == "blocked":
+                move(woken, "wait", ts)
+                out[woken].wakers[comm] += 1
+        elif (
+            ev == "signal:signal_generate"
+            and f.get("sig") == "17"
+            and pid in state
+            and pid not in done
+            and ts >= killed[pid]
+        ):
+            move(pid, state[pid][0], ts)
+            out[pid].total_ms = (ts - killed[pid]) * 1000
+            done.add(pid)
+    return [out[pid] for pid in sorted(done)]
+
+
+def report(exits: list[Exit]) -> list[str]:
+    """Lines for the bench's notes: percentiles of each part, and who woke
+    the blocked victims."""
+    if not exits:
+        return ["exit anatomy: no victim's exit was in the trace"]
+
+    def pct(values: list[float], q: int) -> float:
+        values = sorted(values)
+        return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+    rows = []
+    for name, pick in (
+        ("kill -> exit notice", lambda e: e.total_ms),
+        ("  runnable, waiting for a CPU", lambda e: e.runnable_ms),
+        ("  on a CPU (tearing down)", lambda e: e.on_cpu_ms),
+        ("  blocked in the kernel", lambda e: e.blocked_ms),
+    ):
+        values = [pick(e) for e in exits]
+        rows.append(
+            f"exit anatomy: {name:30} p50 {pct(values, 50):6.2f}  p90 {pct(values, 90):6.2f}  "
+            f"p99 {pct(values, 99):6.2f}  mean {statistics.fmean(values):6.2f} ms"
+        )
+    slow = sorted(exits, key=lambda e: e.total_ms)[-max(1, len(exits) // 10) :]
+    wakers: Counter[str] = Counter()
+    for e in exits:
+        wakers.update(e.wakers)
+    rows.append(
+        f"exit anatomy: {len(exits)} victims; slowest tenth: runnable "
+        f"{statistics.fmean(e.runnable_ms for e in slow):.1f}, on CPU "
+        f"{statistics.fmean(e.on_cpu_ms for e in slow):.1f}, blocked "
+        f"{statistics.fmean(e.blocked_ms for e in slow):.1f} ms on average; blocked victims "
+        f"woken by {dict(wakers.most_common(4)) or 'none'}"
+    )
+    return rows
+
+
+def _open_fifo(path: Path, mode: int, proc: subprocess.Popen[bytes]) -> int:
+    """Open one end of perf's control fifos, giving up if perf exits or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return os.open(path, mode | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: nobody has the read end open yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"perf record did not start: {exc}") from None
+            time.sleep(0.02)
+
+
+def _read_ack(fd: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if b"ack" in os.read(fd, 64):
+                return
+        except BlockingIOError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError("perf record did not acknowledge the enable command")
+
+
+class SchedTrace:
+    """``perf record`` of the scheduler and signal tracepoints, system-wide,
+    for the duration of a ``with`` block. ``why_not()`` says when it cannot run."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="mockfleet-exit-trace-"))
+        self._data = self._dir / "perf.data"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[str] = []
+
+    @staticmethod
+    def why_not() -> str | None:
+        if shutil.which("perf") is None:
+            return "perf is not installed (Debian: linux-perf)"
+        if os.geteuid() != 0:
+            return "system-wide tracepoints need root"
+        probe = subprocess.run(
+            ["perf", "list", "sched:sched_switch"], capture_output=True, text=True, timeout=30
+        )
+        if "sched:sched_switch" not in probe.stdout:
+            return "the kernel's sched tracepoints are not available here"
+        return None
+
+    def __enter__(self) -> SchedTrace:
+        # Started with its events off (-D -1), then switched on through its
+        # control fifo: its "ack" says the trace is live, so no kill is missed.
+        ctl, ack = self._dir / "ctl", self._dir / "ack"
+        os.mkfifo(ctl)
+        os.mkfifo(ack)
+        self._proc = subprocess.Popen(
+            [
+                "perf",
+                "record",
+                "-q",
+                "-a",
+                "-m",
+                "8M",
+                "-D",
+                "-1",
+                "-e",
+                EVENTS,
+                "--control",
+                f"fifo:{ctl},{ack}",
+                "-o",
+                str(self._data),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            ctl_fd = _open_fifo(ctl, os.O_WRONLY, self._proc)
+            ack_fd = _open_fifo(ack, os.O_RDONLY, self._proc)
+            try:
+                os.write(ctl_fd, b"enable\n")
+                _read_ack(ack_fd, self._proc)
+            finally:
+                os.close(ctl_fd)
+                os.close(ack_fd)
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        try:
+            if self._data.exists():
+                out = subprocess.run(
+                    [
+                        "perf",
+                        "script",
+                        "-i",
+                        str(self._data),
+                        "-F",
+                        "comm,pid,tid,cpu,time,event,trace",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                self.lines = out.stdout.splitlines()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
