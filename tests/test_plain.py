@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -135,16 +136,22 @@ print(json.dumps({"heavy": heavy, "openssl": openssl, "spare": spare, "fresh": f
 """
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
-def test_a_zygote_never_loads_pydantic_or_yaml(example: Path) -> None:
+def _lean(lot: Path) -> dict[str, Any]:
+    """What a process preloaded as the zygote holds after preparing ``lot``."""
     out = subprocess.run(
-        [sys.executable, "-c", _LEAN, str(example)],
+        [sys.executable, "-c", _LEAN, str(lot)],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_a_zygote_never_loads_pydantic_or_yaml(example: Path) -> None:
+    result = _lean(example)
     assert result["heavy"] == []
     assert result["fresh"] is True
     assert result["restart"] == load_lot(example).spec.restart.model_dump(mode="json")
@@ -169,14 +176,7 @@ def test_openssl_loads_only_for_a_lot_that_needs_tls(scheme: str, tmp_path: Path
     has it preloaded, before the forks, rather than imported by each device."""
     lot = tmp_path / "lot.yaml"
     lot.write_text(_HTTP_LOT % scheme)
-    out = subprocess.run(
-        [sys.executable, "-c", _LEAN, str(lot)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _lean(lot)
     assert result["messages"] == 1
     # Only what a device runs stays in the zygote, whose memory every mock
     # inherits (ssl itself needs base64).
