@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,88 @@ def test_a_value_marshal_cannot_carry_falls_back_to_pickle(tmp_path: Path) -> No
     )
     mirrored = validate_in_child(str(lot))
     assert mirrored.spec.constants == {"since": datetime.date(2024, 1, 1)}
+
+
+def test_a_long_lived_validator_answers_every_lot_without_forking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zygote's validator imports pydantic once; each lot after that is one
+    request on its socket: no fork, no import."""
+    from mockfleet.mock.validator import LotValidator
+
+    children = _children()
+    validator = LotValidator()
+    validator.start()
+    try:
+        assert validator.pid in _children()
+
+        def no_fork() -> int:
+            raise AssertionError("forked a validator per lot")
+
+        monkeypatch.setattr(os, "fork", no_fork)
+        for example in EXAMPLES:
+            there = CompiledLot.build(validator.validate(str(example)))
+            here = CompiledLot.build(load_lot(example))
+            assert preview(there, 2, 10, 1_800_000_000.0) == preview(here, 2, 10, 1_800_000_000.0)
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(
+            "apiVersion: mockfleet.dev/v1alpha1\nkind: MockLot\nmetadata: {name: bad}\n"
+            "spec: {devices: -1}\n"
+        )
+        with pytest.raises(LotError) as there_err:
+            validator.validate(str(bad))
+        with pytest.raises(LotError) as here_err:
+            load_lot(bad)
+        assert there_err.value.problems == here_err.value.problems
+    finally:
+        monkeypatch.undo()
+        validator.stop()
+    assert _children() == children  # stopped and reaped
+
+
+def test_a_validator_that_died_is_replaced_at_the_next_lot() -> None:
+    import signal
+
+    from mockfleet.mock.validator import LotValidator
+
+    children = _children()
+    validator = LotValidator()
+    validator.start()
+    first = validator.pid
+    try:
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(ValidatorFailed, match="died without an answer"):
+            validator.validate(str(THERMOSTATS))
+        assert first not in _children()  # reaped
+        assert validator.validate(str(THERMOSTATS)).name == load_lot(THERMOSTATS).metadata.name
+        assert validator.pid not in (0, first)
+    finally:
+        validator.stop()
+    assert _children() == children
+
+
+def test_the_validator_exits_when_its_owner_is_gone() -> None:
+    """An owner that dies without stopping it (a zygote killed with -9) leaves
+    no validator behind: it reads end-of-file on its socket and exits."""
+    script = (
+        "import os\n"
+        "from mockfleet.mock import preload\n"
+        "preload.serve_validation()\n"
+        "print(preload._VALIDATOR.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    pid = int(out.stdout.split()[0])
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + 30
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone()

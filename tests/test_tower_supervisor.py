@@ -18,6 +18,7 @@ import pytest
 from support.polling import wait_for
 from support.tower_harness import TowerProc, exits, no_leftovers, pids, write_lot
 
+from mockfleet.mock.validator import PARENT_CHECK
 from mockfleet.tower.linux import boot_id, proc_stat
 from mockfleet.tower.triggers import write_start, write_stop
 
@@ -39,6 +40,13 @@ def _clean_stop(e: dict[str, object]) -> bool:
     """Exit 0, or SIGTERM when the stop arrived before the device had set up
     its handlers (a busy machine can delay that past the PID file)."""
     return e.get("exit_code") == 0 or e.get("signal") == signal.SIGTERM
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _children(tower: TowerProc) -> list[psutil.Process]:
@@ -284,8 +292,13 @@ def test_zygote_death_is_survived(base: Path) -> None:
     _start_many(root, lot, 5, "a")
     wait_for(lambda: len(pids(root)) == 5, 30)
     zygote = next(e["pid"] for e in tower.events() if e["event"] == "zygote-ready")
+    # its lot validator: the one child of the zygote (the mocks are the tower's)
+    (validator,) = psutil.Process(zygote).children()
     os.kill(zygote, signal.SIGKILL)
     wait_for(lambda: sum(e["event"] == "zygote-ready" for e in tower.events()) == 2, 30)
+    # The validator reads end-of-file at once, so no mock kept the zygote's end
+    # of its socket (else it would only notice its new parent, PARENT_CHECK later).
+    assert wait_for(lambda: _gone(validator), PARENT_CHECK - 1)
     _start_many(root, lot, 5, "b")
     wait_for(lambda: len(pids(root)) == 10, 30)
     assert not exits(tower.events())

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from mockfleet.mock.device import CompiledLot
 from mockfleet.mock.loterror import LotError, ValidatorFailed
 from mockfleet.mock.record import FrozenRecord
+from mockfleet.mock.validator import LotValidator, validate_in_child
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,17 +50,51 @@ class LoadedLot(FrozenRecord):
 
 _CACHE: dict[tuple[str, int, int], LoadedLot] = {}
 
-#: Validate lots in a short-lived child process (see isolate_validation).
+#: Validate lots in a child process (see isolate_validation).
 _ISOLATED = False
 
 
 def isolate_validation(on: bool = True) -> None:
     """From now on, validate lot files in a forked child that sends back the
     plain mirror: this process then never imports pydantic, the lot schema or
-    YAML. The tower's zygote does this, as every fork costs in proportion to
-    what the forking process holds (see mockfleet.mock.plain)."""
+    YAML. Every fork costs in proportion to what the forking process holds
+    (see mockfleet.mock.plain)."""
     global _ISOLATED
     _ISOLATED = on
+
+
+#: The long-lived validator (see serve_validation), or None.
+_VALIDATOR: LotValidator | None = None
+
+
+def serve_validation() -> None:
+    """isolate_validation(), with one long-lived validator child instead of
+    a fresh child per lot (see mockfleet.mock.validator). Started now, it
+    imports pydantic while this process preloads. The tower's zygote does
+    this; a failure to start is tried again at the first lot."""
+    global _VALIDATOR
+    isolate_validation()
+    if _VALIDATOR is None:
+        _VALIDATOR = LotValidator()
+        with contextlib.suppress(ValidatorFailed):
+            _VALIDATOR.start()
+
+
+def forget_validator() -> None:
+    """In a child forked from a process that serves validation (a mock):
+    drop the copy of the validator's socket, which is the owner's alone."""
+    global _VALIDATOR
+    if _VALIDATOR is not None:
+        _VALIDATOR.forget()
+        _VALIDATOR = None
+
+
+def stop_validator() -> None:
+    """Stop and reap the long-lived validator (the zygote, on its way out)."""
+    global _VALIDATOR
+    if _VALIDATOR is not None:
+        _VALIDATOR.stop()
+        _VALIDATOR = None
 
 
 #: Lots that failed to load, by the same key: (source, problems) of a LotError,
@@ -86,8 +121,10 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
             raise ValueError(problems[0])
         raise LotError(source, list(problems))
     try:
-        if _ISOLATED:
-            mirror: Any = validate_in_child(real)
+        if _VALIDATOR is not None:
+            mirror: Any = _VALIDATOR.validate(real)
+        elif _ISOLATED:
+            mirror = validate_in_child(real)
         else:
             from mockfleet.mock.plainlot import load_plain_lot
 
@@ -101,84 +138,6 @@ def loaded_lot(path: str | os.PathLike[str]) -> LoadedLot:
         raise
     _CACHE[key] = hit
     return hit
-
-
-def validate_in_child(path: str) -> PlainLot:
-    """Read, validate and mirror a lot file in a forked child, which alone
-    imports pydantic and the schema, and sends the mirror back (made only of
-    mockfleet.mock.plain objects and built-in types: see _encode). A LotError
-    there is raised here with the same problems; ValidatorFailed when the
-    child could not be started or died without an answer (worth trying again)."""
-    r, w = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        os.close(r)
-        os.close(w)
-        raise ValidatorFailed(f"cannot start the lot validator: {exc.strerror or exc}") from None
-    if pid == 0:  # pragma: no cover - runs in the child (its result is tested)
-        code = 0
-        try:
-            os.close(r)
-            result: tuple[Any, ...]
-            try:
-                from mockfleet.mock.plainlot import load_plain_lot
-
-                result = ("ok", load_plain_lot(path))
-            except LotError as exc:
-                result = ("invalid", exc.source, exc.problems)
-            except Exception as exc:
-                result = ("failed", f"{type(exc).__name__}: {exc}")
-            try:
-                data = _encode(result)
-            except Exception as exc:  # values that cannot be sent back: refused, not retried
-                data = _encode(("failed", f"{type(exc).__name__}: {exc}"))
-            while data:
-                data = data[os.write(w, data) :]
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    try:
-        while chunk := os.read(r, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-    if not chunks:
-        raise ValidatorFailed(f"the lot validator died without an answer (wait status {status})")
-    result = _decode(b"".join(chunks))
-    if result[0] == "invalid":
-        raise LotError(result[1], result[2])
-    if result[0] == "failed":
-        raise LotError(path, [f"validating the lot failed: {result[1]}"])
-    return cast("PlainLot", result[1])
-
-
-def _encode(result: tuple[Any, ...]) -> bytes:
-    """The validator's answer: marshal (b"M") when it holds only what a mirror
-    is made of, else pickle (b"P"). Either way the zygote imports pickle only
-    for a lot that needs it: about 0.3 MiB that every mock would inherit."""
-    from mockfleet.mock import plain
-
-    try:
-        return b"M" + plain.dumps(result)
-    except TypeError:
-        import pickle
-
-        return b"P" + pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
-
-
-def _decode(data: bytes) -> Any:
-    from mockfleet.mock import plain
-
-    if data[:1] == b"M":
-        return plain.loads(data[1:])
-    import pickle
-
-    return pickle.loads(data[1:])
 
 
 def preload(lot_paths: tuple[str, ...] = ()) -> None:

@@ -103,14 +103,16 @@ def _committed(root: str, mock_id: str) -> bool:
 
 class Zygote:
     def __init__(self, cfg: dict[str, Any], sock: socket.socket) -> None:
-        from mockfleet.mock.preload import isolate_validation, preload
+        from mockfleet.mock.preload import forget_validator, preload, serve_validation
 
+        self.forget_validator = forget_validator
         self.cfg = cfg
         self.sock = sock
         self.root: str = cfg["root"]
-        # Lots are validated in short-lived children: pydantic and the lot
-        # schema never load here, so every fork copies less (see mock.plain).
-        isolate_validation()
+        # Lots are validated in a child that has pydantic loaded: pydantic and
+        # the lot schema never load here, so every fork copies less (see
+        # mock.plain). Started first, it imports while this process preloads.
+        serve_validation()
         preload(())
         forkhooks.skip_threading_after_fork_when_alone()
         self.device = load_device(cfg["device"])
@@ -312,8 +314,10 @@ class Zygote:
         i: int,
         report_w: int | None,
     ) -> None:
-        """Right after the fork, in the mock: drop the other mocks' descriptors."""
+        """Right after the fork, in the mock: drop the other mocks' descriptors
+        and the zygote's own (its lot validator's socket)."""
         set_process_name("mf-mock")
+        self.forget_validator()
         if report_w is not None:
             os.close(report_w)
         for j, (r, w) in enumerate(gates):
@@ -409,7 +413,12 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         return 1
-    zygote.serve()
+    try:
+        zygote.serve()
+    finally:
+        from mockfleet.mock.preload import stop_validator
+
+        stop_validator()
     return 0
 
 
