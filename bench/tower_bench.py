@@ -361,6 +361,7 @@ class Result:
     uss_per_mock: float | None = None  # MiB: private, nothing shared
     supervisor_pss: float | None = None  # MiB
     helper_pss: float | None = None  # MiB (the tower's zygote)
+    validator_pss: float | None = None  # MiB (the zygote's lot validator, pydantic loaded)
     idle_cpu: float | None = None  # % of one core
     helper_idle_cpu: float | None = None
     kills: int = 0
@@ -431,6 +432,9 @@ def measure_steady(
     res.supervisor_pss = pss_of([supervisor.pid])[0] / MIB
     if helper:
         res.helper_pss = pss_of([helper.pid])[0] / MIB
+        # the zygote's one child: its lot validator (the mocks are the tower's)
+        with contextlib.suppress(psutil.Error):
+            res.validator_pss = pss_of([c.pid for c in helper.children()])[0] / MIB
 
 
 def renice(pid: int, nice: int | None, res: Result) -> None:
@@ -1044,6 +1048,7 @@ TABLE: list[tuple[str, Callable[[Result], str]]] = [
     ("  of which USS (MiB)", lambda r: _f(r.uss_per_mock, "{:.2f}")),
     ("supervisor PSS (MiB)", lambda r: _f(r.supervisor_pss)),
     ("  zygote PSS (MiB)", lambda r: _f(r.helper_pss)),
+    ("  its lot validator PSS (MiB)", lambda r: _f(r.validator_pss)),
     ("supervisor idle CPU (% core)", lambda r: _f(r.idle_cpu, "{:.2f}")),
     ("  zygote idle CPU (% core)", lambda r: _f(r.helper_idle_cpu, "{:.2f}")),
     ("kill -9 detected", lambda r: f"{r.detected}/{r.kills}"),
