@@ -407,3 +407,25 @@ def test_the_validator_exits_when_its_owner_is_gone() -> None:
     while not gone() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gone()
+
+
+def test_a_lot_that_takes_too_long_to_validate_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The zygote waits for each answer, so a lot that would hold it (a YAML
+    bomb) is refused after a deadline, and its validator replaced."""
+    from mockfleet.mock import validator as vmod
+
+    def slow(_path: str) -> tuple[object, ...]:
+        time.sleep(60)  # runs in the validator child, which is then killed
+        return ("failed", "unreachable")
+
+    monkeypatch.setattr(vmod, "result_for", slow)
+    monkeypatch.setattr(vmod, "STOP_TIMEOUT", 0.2)
+    children = _children()
+    validator = vmod.LotValidator()
+    validator.start()
+    with pytest.raises(LotError, match=r"longer than 0\.5 s"):
+        validator.validate(str(THERMOSTATS), timeout=0.5)
+    assert validator.pid == 0 and validator.sock is None
+    assert _children() == children  # killed and reaped

@@ -36,6 +36,9 @@ _LEN = struct.Struct("<I")
 PARENT_CHECK = 5.0
 #: How long stop() waits for the validator to exit before killing it.
 STOP_TIMEOUT = 5.0
+#: A lot whose validation takes longer is refused (a YAML bomb, say): the
+#: zygote waits for the answer, and every start waits with it.
+VALIDATE_TIMEOUT = 60.0
 
 
 # --------------------------------------------------------------------------- the answer
@@ -161,14 +164,22 @@ class LotValidator:
         theirs.close()
         self.pid, self.sock = pid, ours
 
-    def validate(self, path: str) -> PlainLot:
-        """Like validate_in_child, from the long-lived child."""
+    def validate(self, path: str, timeout: float = VALIDATE_TIMEOUT) -> PlainLot:
+        """Like validate_in_child, from the long-lived child. A lot that takes
+        longer than ``timeout`` is refused (LotError, remembered like any
+        invalid lot) and the validator replaced."""
         if self.sock is None:
             self.start()
         assert self.sock is not None
+        self.sock.settimeout(timeout)
         try:
             _send(self.sock, os.fsencode(path))
             data = _recv(self.sock)
+        except TimeoutError:
+            self.stop()
+            raise LotError(
+                path, [f"validating the lot took longer than {timeout:g} s; is it that large?"]
+            ) from None
         except OSError:
             data = None
         if data is None:
@@ -221,6 +232,8 @@ def _serve(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
                 os.close(fd)  # the zygote's socket to the tower, among others
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    sock.settimeout(None)
     parent = os.getppid()
     from mockfleet.mock.plainlot import load_plain_lot  # noqa: F401 - the import is the point
 
