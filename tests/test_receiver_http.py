@@ -117,6 +117,7 @@ def test_two_hundred_concurrent_keep_alive_connections(receiver: Receiver) -> No
             ok += response.status == 200
             if seq == 0:
                 all_open.wait()  # every client holds its connection open at once
+        counted.wait(60)  # ... until the open connections have been counted
         conn.close()
         return ok
 
