@@ -27,7 +27,9 @@ with 1,000 mocks (162-211 against 190 starts/s) stayed within the run-to-run
 noise of a 2-core machine. Measured again once the mocks' own start had been
 trimmed (1,000 mocks, two runs each way): 229 and 175 starts/s against 203
 and 192, PSS 2.25-2.26 against 2.18-2.23 MiB per mock. Still noise, so the
-double fork stays the default.
+double fork stays the default. Again with the zygote at 8.5 MiB, alternating
+runs: 1,000 mocks 314 and 273 against 232 and 260 starts/s, but 2,000 mocks
+96 and 102 against 130 and 129; PSS 1.89-1.90 against 1.85 MiB.
 """
 
 from __future__ import annotations
