@@ -405,21 +405,23 @@ def main(argv: list[str]) -> int:
     os.set_inheritable(ZYGOTE_FD, False)
     own_session()
     try:
-        zygote = Zygote(cfg, sock)
-    except Exception as exc:
-        print(
-            json.dumps({"component": "zygote", "msg": "start-up failed", "error": str(exc)}),
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-    try:
+        try:
+            zygote = Zygote(cfg, sock)
+        except Exception as exc:
+            print(
+                json.dumps({"component": "zygote", "msg": "start-up failed", "error": str(exc)}),
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
         zygote.serve()
+        return 0
     finally:
-        from mockfleet.mock.preload import stop_validator
+        # its lot validator goes with it (started first thing in Zygote())
+        with contextlib.suppress(ImportError):
+            from mockfleet.mock.preload import stop_validator
 
-        stop_validator()
-    return 0
+            stop_validator()
 
 
 if __name__ == "__main__":
