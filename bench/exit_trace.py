@@ -15,19 +15,12 @@ The parsing is pure (``anatomy``) so it can be checked on recorded text.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
-import signal
 import statistics
-import subprocess
-import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+
+from perf_record import PerfRecord, why_not
 
 EVENTS = "sched:sched_switch,sched:sched_waking,signal:signal_generate"
 _LINE = re.compile(r"^\s*(.+?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s+(.*)$")
@@ -135,120 +128,13 @@ def report(exits: list[Exit]) -> list[str]:
     return rows
 
 
-def _open_fifo(path: Path, mode: int, proc: subprocess.Popen[bytes]) -> int:
-    """Open one end of perf's control fifos, giving up if perf exits or 30 s pass."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return os.open(path, mode | os.O_NONBLOCK)
-        except OSError as exc:  # ENXIO: nobody has the read end open yet
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"perf record did not start: {exc}") from None
-            time.sleep(0.02)
-
-
-def _read_ack(fd: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if b"ack" in os.read(fd, 64):
-                return
-        except BlockingIOError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError("perf record did not acknowledge the enable command")
-
-
-class SchedTrace:
+class SchedTrace(PerfRecord):
     """``perf record`` of the scheduler and signal tracepoints, system-wide,
     for the duration of a ``with`` block. ``why_not()`` says when it cannot run."""
 
     def __init__(self) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="mockfleet-exit-trace-"))
-        self._data = self._dir / "perf.data"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.lines: list[str] = []
+        super().__init__(["-e", EVENTS], "comm,pid,tid,cpu,time,event,trace")
 
     @staticmethod
     def why_not() -> str | None:
-        if shutil.which("perf") is None:
-            return "perf is not installed (Debian: linux-perf)"
-        if os.geteuid() != 0:
-            return "system-wide tracepoints need root"
-        probe = subprocess.run(
-            ["perf", "list", "sched:sched_switch"], capture_output=True, text=True, timeout=30
-        )
-        if "sched:sched_switch" not in probe.stdout:
-            return "the kernel's sched tracepoints are not available here"
-        return None
-
-    def __enter__(self) -> SchedTrace:
-        # Started with its events off (-D -1), then switched on through its
-        # control fifo: its "ack" says the trace is live, so no kill is missed.
-        ctl, ack = self._dir / "ctl", self._dir / "ack"
-        os.mkfifo(ctl)
-        os.mkfifo(ack)
-        self._proc = subprocess.Popen(
-            [
-                "perf",
-                "record",
-                "-q",
-                "-a",
-                "-m",
-                "8M",
-                "-D",
-                "-1",
-                "-e",
-                EVENTS,
-                "--control",
-                f"fifo:{ctl},{ack}",
-                "-o",
-                str(self._data),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            ctl_fd = _open_fifo(ctl, os.O_WRONLY, self._proc)
-            ack_fd = _open_fifo(ack, os.O_RDONLY, self._proc)
-            try:
-                os.write(ctl_fd, b"enable\n")
-                _read_ack(ack_fd, self._proc)
-            finally:
-                os.close(ctl_fd)
-                os.close(ack_fd)
-        except BaseException:
-            self._proc.kill()
-            self._proc.wait()
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        proc = self._proc
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        try:
-            if self._data.exists():
-                out = subprocess.run(
-                    [
-                        "perf",
-                        "script",
-                        "-i",
-                        str(self._data),
-                        "-F",
-                        "comm,pid,tid,cpu,time,event,trace",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                )
-                self.lines = out.stdout.splitlines()
-        finally:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        return why_not("sched:sched_switch")

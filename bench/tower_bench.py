@@ -70,6 +70,8 @@ from typing import Any, TypeVar
 import psutil
 import yaml
 from exit_trace import SchedTrace, anatomy, report
+from start_profile import CpuProfile, breakdown, parse
+from start_profile import report as profile_report
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -497,6 +499,17 @@ def split_latencies(
     return kernel, own
 
 
+def start_profiler(args: argparse.Namespace, res: Result) -> CpuProfile | None:
+    """CPU samples of the start burst (``--profile-start``), or None (and why, in the note)."""
+    if not args.profile_start:
+        return None
+    why = CpuProfile.why_not()
+    if why:
+        res.note += f"; --profile-start skipped: {why}"
+        return None
+    return CpuProfile()
+
+
 def exit_tracer(args: argparse.Namespace, res: Result) -> SchedTrace | None:
     """A scheduler trace of the kills (``--trace-exits``), or None (and why, in the note)."""
     if not args.trace_exits:
@@ -658,21 +671,41 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     cpu0 = cpu_seconds(supervisor) + cpu_seconds(helper, children=True)
     res.loads["start"] = load1()
     machine = MachineLoad()
-    machine.mark("start0")
-    t0 = time.time()
-    for tmp, final in pairs:
-        os.rename(tmp, final)
-    from mockfleet.tower.triggers import fsync_dir
+    profile = start_profiler(args, res)
+    with profile or contextlib.nullcontext():
+        machine.mark("start0")
+        t0 = time.time()
+        for tmp, final in pairs:
+            os.rename(tmp, final)
+        from mockfleet.tower.triggers import fsync_dir
 
-    fsync_dir(tower.root / "start")
-    res.extra["rename_s"] = time.time() - t0
+        fsync_dir(tower.root / "start")
+        res.extra["rename_s"] = time.time() - t0
 
-    def all_started() -> list[dict[str, Any]] | None:
-        started = [e for e in tower.events() if e["event"] == "started"]
-        return started if len(started) >= n else None
+        def all_started() -> list[dict[str, Any]] | None:
+            started = [e for e in tower.events() if e["event"] == "started"]
+            return started if len(started) >= n else None
 
-    started = wait_for(all_started, args.start_timeout, 0.02)
-    machine.mark("start1")
+        # The start time is the tower's last "started" event, not when this
+        # loop sees it: a slower poll only takes less CPU from the machine.
+        started = wait_for(all_started, args.start_timeout, 0.1)
+        machine.mark("start1")
+    if profile is not None:
+        roles = {
+            tower.proc.pid: "tower",
+            zygote_pid: "zygote",
+            rx.proc.pid: "receiver",
+            os.getpid(): "this bench",
+        }
+        roles.update({c.pid: "zygote's lot validator" for c in helper.children()})
+        if profile.pid is not None:
+            roles[profile.pid] = "perf itself"
+        res.extra["start_profile"] = profile_report(
+            breakdown(parse(profile.lines), roles),
+            len([e for e in tower.events() if e["event"] == "started"]),
+            profile.seconds,
+            os.cpu_count() or 1,
+        )
     res.machine["start"] = machine.between("start0", "start1") or (0.0, 0.0)
     if started is None:
         started = [e for e in tower.events() if e["event"] == "started"]
@@ -1092,6 +1125,7 @@ def notes(r: Result) -> list[str]:
             f"a standalone mock is ~{r.extra['probe_uss_mib']:.0f} MiB USS; RUNNING means "
             "forked and exec'd (startsecs=0), not yet imported"
         )
+    out.extend(f"{line} ({who})" for line in r.extra.get("start_profile", []))
     out.extend(f"{line} ({who})" for line in r.extra.get("exit_anatomy", []))
     if r.extra.get("kill_reasons"):
         out.append(f"note ({who}): killed mocks recorded as {r.extra['kill_reasons']}")
@@ -1270,6 +1304,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="record the kills with perf's scheduler tracepoints (root) and split each "
         "victim's kill -> exit notice into waiting for a CPU, running, and blocked "
         "(see exit_trace.py); the tracing itself adds load",
+    )
+    p.add_argument(
+        "--profile-start",
+        action="store_true",
+        help="sample every CPU with perf (root) while the mocks start and split the "
+        "machine's time by process role and activity (see start_profile.py); the "
+        "sampling itself adds a little load",
     )
     p.add_argument("--order", choices=("tower-first", "supervisord-first"), default="tower-first")
     args = p.parse_args(argv)
