@@ -17,6 +17,7 @@ one. Asserts nothing; every process it starts is stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +61,16 @@ def child(lot: Any, index: int, report: int) -> None:
     os.write(report, (json.dumps(marks) + "\n").encode())
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mocks", type=int, default=200, help="children to fork (default 200)")
-    args = p.parse_args(argv)
+@contextlib.contextmanager
+def preloaded_lot(prefix: str) -> Iterator[Any]:
+    """tower_bench's lot, prepared in this process as the zygote prepares it
+    (validated in a child, runtime preloaded, sink warmed, device rehearsed),
+    posting to a receiver on loopback; garbage collected but not yet frozen.
+    Everything it started is stopped on the way out."""
     from mockfleet.mock.preload import isolate_validation, preload, prepare_lot
-    from mockfleet.tower import forkhooks, prefork
+    from mockfleet.tower import forkhooks
 
-    with tempfile.TemporaryDirectory(prefix="start-faults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         work = Path(tmp)
         procs = tb.Processes(work)
         try:
@@ -76,34 +80,44 @@ def main(argv: list[str] | None = None) -> int:
             lot, _ = prepare_lot(str(tb.write_lot(work / "lot.yaml", rx.port)))
             forkhooks.skip_threading_after_fork_when_alone()
             gc.collect()
-            gc.freeze()
-            r, w = os.pipe()
-            pids = []
-            for i in range(args.mocks):
-                placeholders = prefork.fill()
-                prefork.trim_heap()
-                pid = os.fork()
-                if pid == 0:
-                    code = 0
-                    try:
-                        os.close(r)
-                        child(lot, i, w)
-                    except BaseException:
-                        code = 1
-                    finally:
-                        os._exit(code)
-                del placeholders
-                pids.append(pid)
-                time.sleep(0.01)  # the method: one start at a time, as on a quiet machine
-            os.close(w)
-            data = b""
-            while chunk := os.read(r, 1 << 16):
-                data += chunk
-            os.close(r)
-            for pid in pids:
-                os.waitpid(pid, 0)
+            yield lot
         finally:
             procs.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mocks", type=int, default=200, help="children to fork (default 200)")
+    args = p.parse_args(argv)
+    from mockfleet.tower import prefork
+
+    with preloaded_lot("start-faults-") as lot:
+        gc.freeze()
+        r, w = os.pipe()
+        pids = []
+        for i in range(args.mocks):
+            placeholders = prefork.fill()
+            prefork.trim_heap()
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    os.close(r)
+                    child(lot, i, w)
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            del placeholders
+            pids.append(pid)
+            time.sleep(0.01)  # the method: one start at a time, as on a quiet machine
+        os.close(w)
+        data = b""
+        while chunk := os.read(r, 1 << 16):
+            data += chunk
+        os.close(r)
+        for pid in pids:
+            os.waitpid(pid, 0)
     rows = [json.loads(line) for line in data.decode().splitlines()]
     if not rows:
         print("no child reported (see the receiver log)", file=sys.stderr)

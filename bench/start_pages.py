@@ -26,11 +26,9 @@ import json
 import os
 import struct
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import tower_bench as tb
+from start_faults import preloaded_lot
 
 PAGE = 4096
 PFN_MASK = (1 << 55) - 1
@@ -118,29 +116,17 @@ def main() -> int:
     if os.geteuid() != 0:
         print("start_pages.py needs root: /proc/self/pagemap hides physical pages", file=sys.stderr)
         return 2
-    from mockfleet.mock.preload import isolate_validation, preload, prepare_lot
-    from mockfleet.tower import forkhooks, prefork
+    from mockfleet.tower import prefork
 
-    with tempfile.TemporaryDirectory(prefix="start-pages-") as tmp:
-        work = Path(tmp)
-        procs = tb.Processes(work)
-        try:
-            rx = tb.Receiver(procs, work / "receiver.log")
-            isolate_validation()
-            preload(())
-            lot, _ = prepare_lot(str(tb.write_lot(work / "lot.yaml", rx.port)))
-            forkhooks.skip_threading_after_fork_when_alone()
-            gc.collect()
-            index = objects_by_page()  # before the freeze: frozen objects are not listed
-            gc.freeze()
-            regions = writable_regions()
-            placeholders = prefork.fill()
-            prefork.trim_heap()
-            before = physical_pages(regions)
-            copies = [run_step(lot, step, before, regions) for step in range(len(STEPS))]
-            del placeholders
-        finally:
-            procs.cleanup()
+    with preloaded_lot("start-pages-") as lot:
+        index = objects_by_page()  # before the freeze: frozen objects are not listed
+        gc.freeze()
+        regions = writable_regions()
+        placeholders = prefork.fill()
+        prefork.trim_heap()
+        before = physical_pages(regions)
+        copies = [run_step(lot, step, before, regions) for step in range(len(STEPS))]
+        del placeholders
 
     def region(addr: int) -> str:
         return next((name for s, e, name in regions if s <= addr < e), "?")
