@@ -508,26 +508,17 @@ def split_latencies(
     return kernel, own
 
 
-def start_profiler(args: argparse.Namespace, res: Result) -> CpuProfile | None:
-    """CPU samples of the start burst (``--profile-start``), or None (and why, in the note)."""
-    if not args.profile_start:
-        return None
-    why = CpuProfile.why_not()
-    if why:
-        res.note += f"; --profile-start skipped: {why}"
-        return None
-    return CpuProfile()
+Recording = TypeVar("Recording", CpuProfile, SchedTrace)
 
 
-def exit_tracer(args: argparse.Namespace, res: Result) -> SchedTrace | None:
-    """A scheduler trace of the kills (``--trace-exits``), or None (and why, in the note)."""
-    if not args.trace_exits:
-        return None
-    why = SchedTrace.why_not()
+def perf_recording(kind: type[Recording], flag: str, res: Result) -> Recording | None:
+    """A perf recording asked for by ``flag`` (``--profile-start``, ``--trace-exits``),
+    or None when this machine cannot make it (and why, in the note)."""
+    why = kind.why_not()
     if why:
-        res.note += f"; --trace-exits skipped: {why}"
+        res.note += f"; {flag} skipped: {why}"
         return None
-    return SchedTrace()
+    return kind()
 
 
 def kill_mocks(pids: list[int], spacing: float) -> dict[int, float]:
@@ -680,7 +671,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     cpu0 = cpu_seconds(supervisor) + cpu_seconds(helper, children=True)
     res.loads["start"] = load1()
     machine = MachineLoad()
-    profile = start_profiler(args, res)
+    profile = perf_recording(CpuProfile, "--profile-start", res) if args.profile_start else None
     with profile or contextlib.nullcontext():
         machine.mark("start0")
         t0 = time.time()
@@ -739,7 +730,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     victims = random.Random(1).sample(sorted(pids.values()), min(args.kills, n // 2))
     phase(f"exit detection: kill -9 of {len(victims)} mocks")
     watch = ExitWatch(victims)
-    trace = exit_tracer(args, res)
+    trace = perf_recording(SchedTrace, "--trace-exits", res) if args.trace_exits else None
     with trace or contextlib.nullcontext():
         machine.mark("kill0")
         killed = kill_mocks(victims, args.kill_spacing)
