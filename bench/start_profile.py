@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from perf_record import PerfRecord, why_not
 
 FREQ = 999  # Hz: not a multiple of the timer tick, so samples do not beat with it
-_HEADER = re.compile(r"^(\S.*?)\s+(\d+)/(\d+)\s*$")
+_HEADER = re.compile(r"^\s*(\S.*?)\s+(\d+)/(\d+)\s*$")
 KERNEL_MEMORY_THREADS = ("kdamond", "kswapd", "khugepaged", "kcompactd")
 MOCK = "mocks"
 FORKER = "forking processes"
@@ -55,7 +55,7 @@ def parse(lines: list[str]) -> list[Sample]:
         if not line.strip():
             cur = None
             continue
-        if not line[0].isspace():
+        if not line.startswith("\t"):  # a sample's first line (perf may pad the name)
             m = _HEADER.match(line)
             cur = Sample(m[1].strip(), int(m[2]), []) if m else None
             if cur is not None:

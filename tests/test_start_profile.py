@@ -14,7 +14,7 @@ TOWER, FORKING, NEW_MOCK, MOCK_PID = 100, 300, 301, 400
 
 def _sample(comm: str, pid: int, frames: list[str], tid: int | None = None) -> str:
     """One sample as ``perf script -F comm,pid,tid,ip,sym`` prints a -g recording."""
-    head = f"{comm} {pid}/{tid or pid} "
+    head = f"{comm:>16} {pid}/{tid or pid} "  # perf may right-align the name
     body = [f"\t{0xFFFFFFFF81000000 + i:16x} {name}" for i, name in enumerate(frames)]
     return "\n".join([head, *body, ""])
 
