@@ -422,3 +422,81 @@ def test_each_mock_maps_only_its_own_counter_page(base: Path) -> None:
         assert counters.read(rec["slot"]).pid == rec["pid"]
     counters.close()
     assert tower.stop() == 0
+
+
+def _oom_adj(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+
+
+@pytest.mark.parametrize(("extra", "offset"), [((), 500), (("--mock-oom-score-adj", "0"), 0)])
+def test_mocks_are_the_kernels_first_oom_victims(
+    base: Path, extra: tuple[str, ...], offset: int
+) -> None:
+    """Under memory pressure the kernel kills the process with the highest
+    score: mocks score above the tower and its zygote, so a mock dies (and is
+    recorded) rather than the supervisor."""
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "oom", {})
+    tower = TowerProc(root, *extra)
+    tower.wait_ready()
+    write_start(root, "oom0", lot, 0)
+    wait_for(lambda: "oom0" in pids(root), 30)
+    own = _oom_adj(tower.proc.pid)
+    zygote = [e["pid"] for e in tower.events() if e["event"] == "zygote-ready"][-1]
+    assert _oom_adj(zygote) == own, tower.log()
+    assert _oom_adj(pids(root)["oom0"]) == min(1000, own + offset), tower.log()
+    assert tower.stop() == 0, tower.log()
+
+
+def test_the_mock_oom_adjustment_is_capped_and_only_ever_raises() -> None:
+    from mockfleet.tower.supervisor import mock_oom_score_adj
+
+    assert mock_oom_score_adj(500, own=0) == 500
+    assert mock_oom_score_adj(500, own=-997) == -497  # a Guaranteed pod
+    assert mock_oom_score_adj(500, own=900) == 1000
+    assert mock_oom_score_adj(500, own=1000) is None  # BestEffort: already the maximum
+    assert mock_oom_score_adj(0, own=0) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1001", "between 0 and 1000, got '1001'"),
+        ("-5", "between 0 and 1000, got '-5'"),
+        ("lots", "expected a whole number, got 'lots'"),
+    ],
+)
+def test_a_bad_oom_adjustment_is_refused_by_name(value: str, message: str) -> None:
+    result = subprocess.run(
+        ["mockfleet", "tower", "--root", "/nonexistent", "--mock-oom-score-adj", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--mock-oom-score-adj" in result.stderr and message in result.stderr
+
+
+def test_a_config_survives_its_own_command_line() -> None:
+    """An in-place upgrade re-executes the tower with ``to_argv()``: every
+    setting, the mocks' OOM preference included, must come back the same."""
+    import argparse
+
+    from mockfleet.tower.cli import add_tower_arguments, config_from_args
+    from mockfleet.tower.supervisor import TowerConfig
+
+    cfg = TowerConfig(
+        root="/srv/tower",
+        max_start_rate=50.0,
+        stop_grace=3.5,
+        http=("127.0.0.1", 9100),
+        rlimit_as=512 * 2**20,
+        rlimit_nofile=64,
+        mock_oom_score_adj=250,
+        max_mocks=4096,
+        restart_overrides={"policy": "Always", "maxRestarts": 3},
+        events_stderr=True,
+    )
+    parser = argparse.ArgumentParser()
+    add_tower_arguments(parser)
+    assert config_from_args(parser.parse_args(cfg.to_argv())) == cfg

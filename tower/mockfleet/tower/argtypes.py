@@ -51,6 +51,15 @@ def count(text: str) -> int:
     return value
 
 
+def oom_score_adj_offset(text: str) -> int:
+    """0..1000: how much likelier than the tower a mock is to be killed when
+    memory runs out (lowering it would need privilege, so no negatives)."""
+    value = int(_number(text, int))
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000, got {text!r}")
+    return value
+
+
 def fraction(text: str) -> float:
     """0.01 or 1%."""
     percent = text.endswith("%")

@@ -62,6 +62,15 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
         help="Open-file limit per mock.",
     )
     p.add_argument(
+        "--mock-oom-score-adj",
+        type=argtypes.oom_score_adj_offset,
+        default=None,
+        metavar="N",
+        help="Added to the tower's own oom_score_adj for every mock, capped at 1000, so that "
+        "under memory pressure the kernel kills mocks (recorded, restarted per policy) before "
+        "the tower (0-1000; default 500; 0 leaves the mocks as the tower is).",
+    )
+    p.add_argument(
         "--max-mocks",
         type=argtypes.positive_int,
         default=32768,
@@ -120,7 +129,11 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from mockfleet.tower.supervisor import DEFAULT_DEVICE, TowerConfig
+    from mockfleet.tower.supervisor import (
+        DEFAULT_DEVICE,
+        DEFAULT_MOCK_OOM_SCORE_ADJ,
+        TowerConfig,
+    )
 
     if args.plan and not args.node:
         raise SystemExit("mockfleet tower: --plan needs --node NAME (or $NODE_NAME)")
@@ -146,6 +159,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         run_as=args.run_as,
         rlimit_as=args.rlimit_as,
         rlimit_nofile=args.rlimit_nofile,
+        mock_oom_score_adj=(
+            DEFAULT_MOCK_OOM_SCORE_ADJ
+            if args.mock_oom_score_adj is None
+            else args.mock_oom_score_adj
+        ),
         device=args.device or DEFAULT_DEVICE,
         max_mocks=args.max_mocks,
         restart_overrides=overrides,

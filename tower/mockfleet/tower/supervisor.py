@@ -32,8 +32,10 @@ from mockfleet.tower.linux import (
     IN_MOVED_TO,
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
+    OOM_SCORE_ADJ_MAX,
     Inotify,
     boot_id,
+    oom_score_adj,
     proc_stat,
     set_child_subreaper,
 )
@@ -61,12 +63,26 @@ from mockfleet.tower.triggers import (
 from mockfleet.tower.zygote_client import ZygoteClient
 
 DEFAULT_DEVICE = "mockfleet.mock.runtime:run_device"
+#: How much likelier than the tower a mock is to be the kernel's OOM victim.
+#: The kernel scores a process by its resident pages, shared ones included,
+#: plus this adjustment: without it, the tower, its zygote or its lot
+#: validator (the largest processes) would go first, and every mock with them.
+DEFAULT_MOCK_OOM_SCORE_ADJ = 500
 #: What a tower hands to itself across an in-place upgrade (``ROOT/handover.json``).
 HANDOVER = "handover.json"
 
 
 #: Seconds before a start that failed for a passing reason (a fork) is tried again.
 RETRY_START_AFTER = 1.0
+
+
+def mock_oom_score_adj(offset: int, own: int | None = None) -> int | None:
+    """The oom_score_adj each mock sets: the tower's own plus ``offset``,
+    capped at the kernel's maximum; None when that changes nothing (a
+    Kubernetes BestEffort pod already runs everything at the maximum)."""
+    base = oom_score_adj() if own is None else own
+    target = min(OOM_SCORE_ADJ_MAX, base + offset)
+    return target if target > base else None
 
 
 def running_version() -> str:
@@ -90,6 +106,9 @@ class TowerConfig:
     run_as: str | None = None
     rlimit_as: int | None = None
     rlimit_nofile: int | None = None
+    #: added to the tower's own oom_score_adj for every mock (capped at 1000):
+    #: under memory pressure the kernel then kills mocks, not the supervisor
+    mock_oom_score_adj: int = DEFAULT_MOCK_OOM_SCORE_ADJ
     device: str = DEFAULT_DEVICE
     max_mocks: int = 32768
     max_inflight: int = 64
@@ -112,6 +131,8 @@ class TowerConfig:
             argv += ["--rlimit-as", str(self.rlimit_as)]
         if self.rlimit_nofile:
             argv += ["--rlimit-nofile", str(self.rlimit_nofile)]
+        if self.mock_oom_score_adj != DEFAULT_MOCK_OOM_SCORE_ADJ:
+            argv += ["--mock-oom-score-adj", str(self.mock_oom_score_adj)]
         if self.device != DEFAULT_DEVICE:
             argv += ["--device", self.device]
         argv += ["--max-mocks", str(self.max_mocks)]
@@ -253,6 +274,7 @@ class Tower:
             "run_as": self.cfg.run_as,
             "rlimit_as": self.cfg.rlimit_as,
             "rlimit_nofile": self.cfg.rlimit_nofile,
+            "oom_score_adj": mock_oom_score_adj(self.cfg.mock_oom_score_adj),
         }
         # spawned by run() after the first rescan: adopting the running mocks
         # (an in-place upgrade) comes first, without a preloading zygote beside it

@@ -37,7 +37,7 @@ from typing import Any
 from mockfleet.mock.counters import map_slot
 from mockfleet.mock.rawsignal import raw_signal
 from mockfleet.tower import forkhooks, prefork, sibling
-from mockfleet.tower.linux import proc_stat, set_process_name
+from mockfleet.tower.linux import proc_stat, set_oom_score_adj, set_process_name
 
 _MOCK_DEFAULT_SIGNALS = tuple(
     int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -360,6 +360,13 @@ class Zygote:
             if self.cfg.get("rlimit_as"):
                 n = int(self.cfg["rlimit_as"])
                 resource.setrlimit(resource.RLIMIT_AS, (n, n))
+            if self.cfg.get("oom_score_adj") is not None:
+                # the kernel's first OOM victims, before the tower (see TowerConfig);
+                # raising it needs no privilege, and a device runs even if it fails
+                try:  # noqa: SIM105 - not contextlib.suppress (see above)
+                    set_oom_score_adj(int(self.cfg["oom_score_adj"]))
+                except OSError:
+                    pass
             if self.creds is not None and os.geteuid() == 0:
                 uid, gid = self.creds
                 os.setgroups([])
