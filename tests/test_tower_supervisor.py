@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support import memcg
 from support.polling import wait_for
 from support.tower_harness import TowerProc, exits, no_leftovers, pids, write_lot
 
@@ -500,3 +501,38 @@ def test_a_config_survives_its_own_command_line() -> None:
     parser = argparse.ArgumentParser()
     add_tower_arguments(parser)
     assert config_from_args(parser.parse_args(cfg.to_argv())) == cfg
+
+
+@pytest.mark.skipif(memcg.why_not() is not None, reason=str(memcg.why_not()))
+def test_out_of_memory_kills_mocks_and_spares_the_tower(base: Path) -> None:
+    """A real out-of-memory kill: the tower runs in a memory cgroup of its
+    own, whose limit 24 mocks holding 16 MiB each overrun. Each mock maps
+    less memory than the lot validator, and the tower maps the most (it has
+    all of its modules), so with ``--mock-oom-score-adj 0`` the kernel kills
+    the validator and then the tower first (seen). By default it kills
+    mocks only, and the tower records each one as crashed by SIGKILL."""
+    root = base / "root"
+    lot = write_lot(base / "lot.yaml", "hog", {"hold_mib": 16})
+    with memcg.memory_cgroup("mockfleet-test-oom") as cg:
+        tower = TowerProc(root, cgroup_procs=cg.procs)
+        tower.wait_ready()
+        zygote = [e["pid"] for e in tower.events() if e["event"] == "zygote-ready"][-1]
+        (validator,) = psutil.Process(zygote).children()
+        assert {tower.proc.pid, zygote, validator.pid} <= set(cg.pids())
+        cg.set_limit(cg.usage() + 160 * 2**20)  # room for about ten of them
+        n = 24
+        _start_many(root, lot, n)
+
+        def settled() -> list[dict[str, object]] | None:
+            killed = [e for e in exits(tower.events()) if e.get("signal") == signal.SIGKILL]
+            running = len(pids(root))
+            return killed if killed and running + len(killed) == n else None
+
+        killed = wait_for(settled, 60)
+        assert cg.oom_kills() >= len(killed) > 0
+        assert all(e["reason"] == "crashed" for e in killed), killed
+        # the supervisor, its zygote and its lot validator all survived
+        assert tower.proc.poll() is None, tower.log()
+        assert not [e for e in tower.events() if e["event"] == "zygote-exited"], tower.log()
+        assert psutil.pid_exists(zygote) and psutil.Process(zygote).children() == [validator]
+        assert tower.stop() == 0, tower.log()

@@ -3,7 +3,8 @@
 Behaviour comes from the lot's ``constants.towertest`` mapping so one file
 covers every case: ``seconds`` (run time, default: until stopped),
 ``exit_code`` (returned at the natural end), ``ignore_term`` (ignore SIGTERM
-and never consume the stop file: only SIGKILL ends it).
+and never consume the stop file: only SIGKILL ends it), ``hold_mib`` (memory
+it fills at its start and keeps).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def run(lot: Any, index: int, *, stop_file: str | None = None, counters: Any = N
     exit_code = int(cfg.get("exit_code", 0))
     if seconds == 0:
         return exit_code
+    held = b"\x01" * (int(cfg.get("hold_mib", 0)) << 20)  # written, so resident  # noqa: F841
     ignore = bool(cfg.get("ignore_term"))
     if ignore:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -60,6 +60,7 @@ class TowerProc:
         *extra: str,
         device: str | None = DEVICE,
         env: dict[str, str] | None = None,
+        cgroup_procs: Path | None = None,
     ) -> None:
         self.root = root
         args = [sys.executable, "-m", "mockfleet.tower", "--root", str(root), *extra]
@@ -72,6 +73,10 @@ class TowerProc:
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,
             env={**os.environ, **(env or {})},
+            # into a cgroup before the exec: the zygote and every mock follow
+            preexec_fn=(lambda: cgroup_procs.write_text(str(os.getpid())))
+            if cgroup_procs is not None
+            else None,
         )
         self.pid = self.proc.pid
 
