@@ -507,10 +507,10 @@ def test_a_config_survives_its_own_command_line() -> None:
 def test_out_of_memory_kills_mocks_and_spares_the_tower(base: Path) -> None:
     """A real out-of-memory kill: the tower runs in a memory cgroup of its
     own, whose limit 24 mocks holding 16 MiB each overrun. Each mock maps
-    less memory than the lot validator, and the tower maps the most (it has
-    all of its modules), so with ``--mock-oom-score-adj 0`` the kernel kills
-    the validator and then the tower first (seen). By default it kills
-    mocks only, and the tower records each one as crashed by SIGKILL."""
+    less memory than the lot validator, and while they fill theirs, less
+    than the tower: with ``--mock-oom-score-adj 0`` the kernel killed the
+    validator and then the tower first (seen). By default it kills mocks
+    only, and the tower records each one as crashed by SIGKILL."""
     root = base / "root"
     lot = write_lot(base / "lot.yaml", "hog", {"hold_mib": 16})
     with memcg.memory_cgroup("mockfleet-test-oom") as cg:
