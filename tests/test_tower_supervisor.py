@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -468,8 +469,9 @@ def test_the_mock_oom_adjustment_is_capped_and_only_ever_raises() -> None:
     ],
 )
 def test_a_bad_oom_adjustment_is_refused_by_name(value: str, message: str) -> None:
+    argv = [sys.executable, "-m", "mockfleet.tower", "--root", "/nonexistent"]
     result = subprocess.run(
-        ["mockfleet", "tower", "--root", "/nonexistent", "--mock-oom-score-adj", value],
+        [*argv, "--mock-oom-score-adj", value],
         capture_output=True,
         text=True,
         timeout=60,
