@@ -65,8 +65,8 @@ from mockfleet.tower.zygote_client import ZygoteClient
 DEFAULT_DEVICE = "mockfleet.mock.runtime:run_device"
 #: How much likelier than the tower a mock is to be the kernel's OOM victim.
 #: The kernel scores a process by its resident pages, shared ones included,
-#: plus this adjustment: without it, the tower, its zygote or its lot
-#: validator (the largest processes) would go first, and every mock with them.
+#: plus this adjustment: without it, the lot validator and the tower (the
+#: largest processes) went first in a test, and supervision with them.
 DEFAULT_MOCK_OOM_SCORE_ADJ = 500
 #: What a tower hands to itself across an in-place upgrade (``ROOT/handover.json``).
 HANDOVER = "handover.json"
