@@ -334,6 +334,8 @@ def test_http_status_and_metrics(base: Path) -> None:
     metrics = get("/metrics")[1].decode()
     assert 'mockfleet_tower_mocks{state="running"} 4.0' in metrics
     assert 'mockfleet_lot_messages_sent_total{lot="web"}' in metrics
+    assert 'mockfleet_lot_mocks_oom_killed_total{lot="web"} 0.0' in metrics
+    assert status["oom_killed"] == 0 and status["lots"]["web"]["oom_killed"] == 0
     with pytest.raises(urllib.error.HTTPError):
         get("/nope")
     assert tower.stop() == 0
@@ -514,9 +516,9 @@ def test_out_of_memory_kills_mocks_and_spares_the_tower(base: Path) -> None:
     validator and then the tower first (seen). By default it kills mocks
     only, and the tower records each one as crashed by SIGKILL."""
     root = base / "root"
-    lot = write_lot(base / "lot.yaml", "hog", {"hold_mib": 16})
+    lot = write_lot(base / "lot.yaml", "hog", {"hold_mib": 16}, restart={"policy": "Never"})
     with memcg.memory_cgroup("mockfleet-test-oom") as cg:
-        tower = TowerProc(root, cgroup_procs=cg.procs)
+        tower = TowerProc(root, "--http", "127.0.0.1:0", cgroup_procs=cg.procs)
         tower.wait_ready()
         zygote = [e["pid"] for e in tower.events() if e["event"] == "zygote-ready"][-1]
         (validator,) = psutil.Process(zygote).children()
@@ -525,14 +527,35 @@ def test_out_of_memory_kills_mocks_and_spares_the_tower(base: Path) -> None:
         n = 24
         _start_many(root, lot, n)
 
-        def settled() -> list[dict[str, object]] | None:
-            killed = [e for e in exits(tower.events()) if e.get("signal") == signal.SIGKILL]
-            running = len(pids(root))
-            return killed if killed and running + len(killed) == n else None
+        def filled(pid: int) -> bool:
+            try:
+                return bool(psutil.Process(pid).memory_info().rss >= 16 * 2**20)
+            except psutil.NoSuchProcess:
+                return False
 
-        killed = wait_for(settled, 60)
-        assert cg.oom_kills() >= len(killed) > 0
-        assert all(e["reason"] == "crashed" for e in killed), killed
+        def sigkilled() -> list[dict[str, object]]:
+            return [e for e in exits(tower.events()) if e.get("signal") == signal.SIGKILL]
+
+        def settled() -> bool:
+            """Every survivor holds its memory: nothing allocates any more."""
+            running = pids(root).values()
+            return len(running) + len(sigkilled()) == n and all(filled(p) for p in running)
+
+        wait_for(settled, 60)
+        # Room again, so that nothing below (a status page, an event) makes the
+        # kernel kill once more; then every kill it made is recorded.
+        cg.set_limit(cg.usage() + 256 * 2**20)
+        killed = wait_for(lambda: k if len(k := sigkilled()) == cg.oom_kills() else None, 15)
+        assert killed and all(e["reason"] == "crashed" and e["oom_killed"] for e in killed)
+        # a kill -9 by hand is not taken for the OOM killer's
+        by_hand = pids(root)[sorted(pids(root))[0]]
+        os.kill(by_hand, signal.SIGKILL)
+        (e,) = wait_for(lambda: [x for x in exits(tower.events()) if x["pid"] == by_hand], 15)
+        assert e["reason"] == "crashed" and "oom_killed" not in e
+        status = tower.status()
+        assert status["oom_killed"] == status["lots"]["hog"]["oom_killed"] == len(killed)
+        assert status["lots"]["hog"]["exits"]["crashed"] == len(killed) + 1
+        assert cg.oom_kills() == len(killed)
         # the supervisor, its zygote and its lot validator all survived
         assert tower.proc.poll() is None, tower.log()
         assert not [e for e in tower.events() if e["event"] == "zygote-exited"], tower.log()

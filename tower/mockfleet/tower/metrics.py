@@ -40,12 +40,18 @@ class TowerCollector(Collector):
             "mockfleet_lot_messages_failed", "Sends failed.", labels=["lot"]
         )
         sent_bytes = CounterMetricFamily("mockfleet_lot_bytes_sent", "Bytes sent.", labels=["lot"])
+        oom = CounterMetricFamily(
+            "mockfleet_lot_mocks_oom_killed",
+            "Mocks the kernel's out-of-memory killer took.",
+            labels=["lot"],
+        )
         for lot, t in st["lots"].items():
             lot_mocks.add_metric([lot], t["mocks"])
             sent.add_metric([lot], t["sent"])
             failed.add_metric([lot], t["send_errors"])
             sent_bytes.add_metric([lot], t["bytes"])
-        yield from (lot_mocks, sent, failed, sent_bytes)
+            oom.add_metric([lot], t["oom_killed"])
+        yield from (lot_mocks, sent, failed, sent_bytes, oom)
         info = GaugeMetricFamily("mockfleet_tower_info", "Tower version.", labels=["version"])
         info.add_metric([st["version"]], 1)
         yield info

@@ -39,6 +39,7 @@ from mockfleet.tower.linux import (
     proc_stat,
     set_child_subreaper,
 )
+from mockfleet.tower.oomkills import OomKills
 from mockfleet.tower.pidfiles import (
     PidRecord,
     check_identity,
@@ -206,6 +207,9 @@ class Tower:
         #: lot -> exit reason -> count, for the lot's status
         self.lot_exits: dict[str, dict[str, int]] = {}
         self.exit_counts: dict[str, int] = {}
+        #: lot -> mocks the kernel's OOM killer took (a part of their "crashed")
+        self.oom_killed: dict[str, int] = {}
+        self.oom_kills = OomKills.of_this_process()
         self.shutting_down = False
         self.shutdown_deadline = 0.0
         self.killed_stragglers = False
@@ -872,6 +876,11 @@ class Tower:
                     decision = policy.RestartDecision(False, f"cannot write restart: {exc}")
         self._unlink(os.path.join(self.dirs["pids"], m.id))
         self.exit_counts[reason] = self.exit_counts.get(reason, 0) + 1
+        # A SIGKILL nobody here sent: the OOM killer's, if its counter says so.
+        oom = reason == policy.CRASHED and sig == signal.SIGKILL and self.oom_kills.claim()
+        if oom:
+            lot_name = m.lot_name or "?"
+            self.oom_killed[lot_name] = self.oom_killed.get(lot_name, 0) + 1
         self.events.emit(
             "exited",
             mock=m.id,
@@ -885,6 +894,7 @@ class Tower:
             restart=decision.restart if decision else False,
             restart_in=round(decision.delay, 3) if decision and decision.restart else None,
             restart_why=decision.why if decision else "tower shutting down",
+            **({"oom_killed": True} if oom else {}),
         )
 
     def _account_counters(self, m: Mock) -> None:
@@ -1040,6 +1050,7 @@ class Tower:
             "lot_totals": self.lot_totals,
             "lot_exits": self.lot_exits,
             "exit_counts": self.exit_counts,
+            "oom_killed": self.oom_killed,
             # The table of running mocks, so the new incarnation need not read
             # and check thousands of PID files before it supervises them again.
             "mocks": [
@@ -1075,8 +1086,10 @@ class Tower:
             self.lot_totals = _counts_by_name(state.get("lot_totals"))
             self.lot_exits = _counts_by_name(state.get("lot_exits"))
             self.exit_counts = _counts(state.get("exit_counts"))
+            self.oom_killed = _counts(state.get("oom_killed") or {})
         except ValueError as exc:
             self.lot_totals, self.lot_exits, self.exit_counts = {}, {}, {}
+            self.oom_killed = {}
             self.events.emit("handover-invalid", reason=str(exc))
 
     def _exec_upgrade(self) -> None:
@@ -1231,6 +1244,7 @@ class Tower:
                     "dropped": 0,
                     "states": {},
                     "exits": {},
+                    "oom_killed": 0,
                 }
             return entry
 
@@ -1259,6 +1273,8 @@ class Tower:
         for name, exits in self.lot_exits.items():
             lot = lot_entry(name)
             lot["exits"] = dict(exits)
+        for name, n in self.oom_killed.items():
+            lot_entry(name)["oom_killed"] = n
         for lot in lots.values():
             ex = lot["exits"]
             lot["succeeded"] = ex.get(policy.FINISHED, 0)
@@ -1274,6 +1290,7 @@ class Tower:
             "total": len(self.mocks),
             "pending_triggers": len(self.pending) + len(self.deferred),
             "exits": dict(self.exit_counts),
+            "oom_killed": sum(self.oom_killed.values()),
             "lots": lots,
             "shutting_down": self.shutting_down,
         }
