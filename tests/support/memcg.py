@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from mockfleet.tower.oomkills import find_memory_cgroup, read_count
+
 
 class MemoryCgroup:
     def __init__(self, path: Path, v2: bool) -> None:
@@ -30,34 +32,20 @@ class MemoryCgroup:
         (self.path / name).write_text(str(limit))
 
     def oom_kills(self) -> int:
-        if self.v2:
-            text = (self.path / "memory.events").read_text()
-        else:
-            text = (self.path / "memory.oom_control").read_text()
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+        return read_count(self.path / ("memory.events" if self.v2 else "memory.oom_control")) or 0
 
     def pids(self) -> list[int]:
         return [int(p) for p in self.procs.read_text().split()]
 
 
 def _own_memory_cgroup() -> tuple[Path, bool] | None:
-    """The directory of this process's memory cgroup, and whether it is v2."""
-    v1 = v2 = None
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _id, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            v1 = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-        elif controllers == "":
-            v2 = Path("/sys/fs/cgroup") / path.lstrip("/")
-    if v1 is not None and (v1 / "memory.limit_in_bytes").exists():
-        return v1, False
-    if v2 is not None and "memory" in (v2 / "cgroup.subtree_control").read_text().split():
-        return v2, True
-    return None
+    """The directory of this process's memory cgroup, and whether it is v2;
+    None unless a child of it can have a memory limit."""
+    found = find_memory_cgroup(Path("/proc/self/cgroup").read_text())
+    if found is None or not found[1]:
+        return found
+    controllers = (found[0] / "cgroup.subtree_control").read_text().split()
+    return found if "memory" in controllers else None
 
 
 def why_not() -> str | None:

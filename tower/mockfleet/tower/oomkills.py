@@ -14,9 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def counter_file(cgroup_text: str, root: Path = Path("/sys/fs/cgroup")) -> Path | None:
-    """The file holding ``oom_kill`` for the memory cgroup named in
-    ``/proc/self/cgroup`` text (None when there is none)."""
+def find_memory_cgroup(
+    cgroup_text: str, root: Path = Path("/sys/fs/cgroup")
+) -> tuple[Path, bool] | None:
+    """The directory of the memory cgroup named in ``/proc/self/cgroup`` text,
+    and whether it is cgroup v2; None when there is none."""
     v2: Path | None = None
     for line in cgroup_text.splitlines():
         parts = line.split(":", 2)
@@ -24,12 +26,21 @@ def counter_file(cgroup_text: str, root: Path = Path("/sys/fs/cgroup")) -> Path 
             continue
         _id, controllers, path = parts
         if "memory" in controllers.split(","):
-            v1 = root / "memory" / path.lstrip("/") / "memory.oom_control"
-            if v1.exists():
-                return v1
+            v1 = root / "memory" / path.lstrip("/")
+            if (v1 / "memory.oom_control").exists():
+                return v1, False
         elif controllers == "":
-            v2 = root / path.lstrip("/") / "memory.events"
-    return v2 if v2 is not None and v2.exists() else None
+            v2 = root / path.lstrip("/")
+    return (v2, True) if v2 is not None and (v2 / "memory.events").exists() else None
+
+
+def counter_file(cgroup_text: str, root: Path = Path("/sys/fs/cgroup")) -> Path | None:
+    """The file holding ``oom_kill`` for that memory cgroup (None when there is none)."""
+    found = find_memory_cgroup(cgroup_text, root)
+    if found is None:
+        return None
+    path, v2 = found
+    return path / ("memory.events" if v2 else "memory.oom_control")
 
 
 def read_count(path: Path) -> int | None:
