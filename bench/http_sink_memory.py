@@ -92,6 +92,7 @@ def fork_devices(lot_path: Path, devices: int, warm: bool = False) -> list[int]:
     """Preload like the tower's zygote, then fork one process per device."""
     from mockfleet.mock.preload import loaded_lot, preload
     from mockfleet.mock.runtime import run_device
+    from mockfleet.tower import immortal
 
     preload((str(lot_path),))
     if warm:
@@ -100,6 +101,7 @@ def fork_devices(lot_path: Path, devices: int, warm: bool = False) -> list[int]:
         warm_up()
     loaded = loaded_lot(lot_path)
     gc.collect()
+    immortal.immortalize()  # as the zygote does (CPython 3.12+)
     gc.freeze()
     pids = []
     for i in range(devices):

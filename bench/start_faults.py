@@ -89,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mocks", type=int, default=200, help="children to fork (default 200)")
     args = p.parse_args(argv)
-    from mockfleet.tower import prefork
+    from mockfleet.tower import immortal, prefork
 
     with preloaded_lot("start-faults-") as lot:
+        immortal.immortalize()  # as the zygote does (CPython 3.12+)
         gc.freeze()
         r, w = os.pipe()
         pids = []

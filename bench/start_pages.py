@@ -116,10 +116,11 @@ def main() -> int:
     if os.geteuid() != 0:
         print("start_pages.py needs root: /proc/self/pagemap hides physical pages", file=sys.stderr)
         return 2
-    from mockfleet.tower import prefork
+    from mockfleet.tower import immortal, prefork
 
     with preloaded_lot("start-pages-") as lot:
         index = objects_by_page()  # before the freeze: frozen objects are not listed
+        immortal.immortalize()  # as the zygote does (CPython 3.12+)
         gc.freeze()
         regions = writable_regions()
         placeholders = prefork.fill()

@@ -21,6 +21,7 @@ from support.polling import wait_for
 from support.tower_harness import TowerProc, exits, no_leftovers, pids, write_lot
 
 from mockfleet.mock.validator import PARENT_CHECK
+from mockfleet.tower import immortal
 from mockfleet.tower.linux import boot_id, proc_stat
 from mockfleet.tower.triggers import write_start, write_stop
 
@@ -293,7 +294,13 @@ def test_zygote_death_is_survived(base: Path) -> None:
     tower.wait_ready()
     _start_many(root, lot, 5, "a")
     wait_for(lambda: len(pids(root)) == 5, 30)
-    zygote = next(e["pid"] for e in tower.events() if e["event"] == "zygote-ready")
+    ready = next(e for e in tower.events() if e["event"] == "zygote-ready")
+    zygote = ready["pid"]
+    # it says whether it made its preloaded objects immortal (CPython 3.12+), or why not
+    if immortal.why_not() is None:
+        assert ready["immortal_objects"] > 10_000 and ready["immortal_off"] is None
+    else:
+        assert ready["immortal_objects"] == 0 and ready["immortal_off"] == immortal.why_not()
     # its lot validator: the one child of the zygote (the mocks are the tower's)
     (validator,) = psutil.Process(zygote).children()
     os.kill(zygote, signal.SIGKILL)

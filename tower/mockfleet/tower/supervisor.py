@@ -539,7 +539,13 @@ class Tower:
         if reply.get("op") == "ready":
             self.zygote.ready = True
             self.zygote_was_ready = True
-            self.events.emit("zygote-ready", pid=reply.get("pid"))
+            self.events.emit(
+                "zygote-ready",
+                pid=reply.get("pid"),
+                immortal_objects=reply.get("immortal_objects", 0),
+                immortal_ms=reply.get("immortal_ms", 0.0),
+                immortal_off=reply.get("immortal_off"),
+            )
             return
         mock_id = reply.get("id", "")
         m = self.inflight.pop(mock_id, None)
