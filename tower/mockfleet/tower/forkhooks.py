@@ -27,9 +27,10 @@ import sys
 import types
 from typing import Any
 
-#: CPython versions whose threading._after_fork was checked: for a lone thread
-#: it only rebuilds the same one-entry table and re-creates the same locks
-VERIFIED = ((3, 11),)
+#: CPython versions whose threading._after_fork was checked (3.12's is 3.11's,
+#: line for line): for a lone thread it only rebuilds the same one-entry table
+#: and re-creates the same locks
+VERIFIED = ((3, 11), (3, 12))
 
 #: The replacement body. It is compiled here but runs with threading's module
 #: globals (the hook function keeps its own __globals__), so these names are

@@ -30,6 +30,7 @@ import gc
 import os
 import sys
 import sysconfig
+from collections.abc import Iterable
 from types import CodeType
 
 #: The low 32 bits of an immortal object's reference count (CPython 3.12+,
@@ -71,18 +72,22 @@ def _count(address: int) -> ctypes.c_uint32:
     return ctypes.c_uint32.from_address(address + _OFFSET)
 
 
-def immortalize() -> int:
+def immortalize(keep_mortal: Iterable[object] = ()) -> int:
     """Make immortal every object the collector tracks outside its permanent
     generation (that is, everything since the last ``gc.freeze()``), and
     everything they refer to that is not immortal yet. Call it right before
-    ``gc.freeze()``. Returns how many objects it changed (0 where
+    ``gc.freeze()``. The objects of ``keep_mortal`` stay ordinary, and so
+    does what only they refer to: pass the work in hand (a request being
+    served), which would otherwise be kept for good. A container in it and
+    the tracked containers inside it are all listed by the collector, so
+    name each of them. Returns how many objects it changed (0 where
     :func:`why_not` says no)."""
     if why_not() is not None:
         return 0
     # The list first: it leaves itself out, while any container made before it
     # would be made immortal, and so kept for good, with the rest.
     stack: list[object] = gc.get_objects()
-    seen: set[int] = set()
+    seen: set[int] = {id(obj) for obj in keep_mortal}
     changed = 0
     while stack:
         obj = stack.pop()

@@ -204,7 +204,10 @@ class Zygote:
             return out
         if refreeze:  # a lot seen for the first time: share its objects, untouched by gc
             gc.collect()
-            immortal.immortalize()
+            # not the requests in hand: only the lot's objects are kept for good
+            in_hand = [batch, *batch, out, *out, *(reply for reply, _ in out), todo, *todo, seen]
+            immortal.immortalize(keep_mortal=in_hand)
+            del in_hand
             gc.freeze()
         gates = [os.pipe() for _ in todo]
         # The children's allocations then take fresh pages, not copies (see prefork).
