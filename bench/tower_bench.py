@@ -539,6 +539,7 @@ def kill_mocks(pids: list[int], spacing: float) -> dict[int, float]:
 class Tower:
     def __init__(self, procs: Processes, root: Path, log: Path, max_mocks: int) -> None:
         self.root = root
+        self.ready_event: dict[str, Any] = {}
         self.port = free_port()
         self.proc = procs.spawn(
             [
@@ -596,6 +597,7 @@ class Tower:
         )
         if not isinstance(found, list):
             return None
+        self.ready_event = found[-1]
         return int(found[-1]["pid"])
 
 
@@ -662,6 +664,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     if zygote_pid is None:
         res.note = f"tower did not become ready (see {base / 'tower.log'})"
         return res
+    res.extra["zygote"] = zygote_summary(tower.ready_event)
     pairs = stage_starts(tower.root, lot, n)
     supervisor = psutil.Process(tower.proc.pid)
     helper = psutil.Process(zygote_pid)
@@ -1110,6 +1113,18 @@ def _round(value: Any) -> Any:
     return round(value, 3) if isinstance(value, float) else str(value)
 
 
+def zygote_summary(ready: dict[str, Any]) -> str:
+    """What the zygote-ready event says of its preloaded objects (CPython 3.12+
+    makes them immortal: see mockfleet.tower.immortal)."""
+    python = f"CPython {sys.version_info[0]}.{sys.version_info[1]}"
+    if ready.get("immortal_objects"):
+        return (
+            f"{python}: the zygote made {ready['immortal_objects']} preloaded objects "
+            f"immortal in {ready.get('immortal_ms', 0):.0f} ms"
+        )
+    return f"{python}: preloaded objects not immortal ({ready.get('immortal_off', 'unknown')})"
+
+
 def notes(r: Result) -> list[str]:
     who = f"{r.name} N={r.requested}"
     out = [f"note ({who}): {r.note.lstrip('; ')}"] if r.note else []
@@ -1128,6 +1143,8 @@ def notes(r: Result) -> list[str]:
         )
     out.extend(f"{line} ({who})" for line in r.extra.get("start_profile", []))
     out.extend(f"{line} ({who})" for line in r.extra.get("exit_anatomy", []))
+    if "zygote" in r.extra:
+        out.append(f"note ({who}): {r.extra['zygote']}")
     if r.extra.get("kill_reasons"):
         out.append(f"note ({who}): killed mocks recorded as {r.extra['kill_reasons']}")
     if "upgrade" in r.extra:
