@@ -1,5 +1,7 @@
 # One image for the operator (`mockfleet operator`) and the towers (`mockfleet tower`).
-FROM python:3.11-slim
+# CPython 3.12, not 3.11: its zygote makes the preloaded objects immortal, and
+# each mock then takes about half the memory (docs/performance.md).
+FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -3,13 +3,16 @@
 #               the built-in verifying receiver
 #   make test   installs what the tests need (mosquitto, .venv) and runs them
 VENV ?= .venv
+# the interpreter the venv is made from: on 3.12 or 3.13 a mock takes half
+# the memory (see README), e.g. make run PYTHON=python3.12 VENV=.venv312
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint system-deps venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 

@@ -104,3 +104,20 @@ assert not hasattr(threading, "_mockfleet_full_after_fork")
 CALLS = [0]
 """
     )
+
+
+def test_a_process_without_threading_does_not_get_it_and_gets_the_guard_once_it_has_it() -> None:
+    script = """
+import sys
+assert "threading" not in sys.modules, "the interpreter started with threading"
+from mockfleet.tower import forkhooks, immortal, prefork, zygote
+assert "threading" not in sys.modules, "importing the zygote's modules imported threading"
+assert forkhooks.skip_threading_after_fork_when_alone() is False
+assert "threading" not in sys.modules, "the guard imported threading"
+import threading
+assert forkhooks.skip_threading_after_fork_when_alone() is True
+assert threading._after_fork.__code__.co_filename == "<mockfleet.tower.forkhooks>"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr

@@ -45,9 +45,14 @@ def _after_fork():
 
 def skip_threading_after_fork_when_alone() -> bool:
     """Install the guard into ``threading._after_fork``; True when it is in
-    place (also when it already was), False where it does not apply."""
-    import threading
+    place (also when it already was), False where it does not apply.
 
+    Where nothing has imported ``threading`` yet there is no hook to guard,
+    and this does not import it (that would only add the module and its hook
+    to every mock): call it again after loading code that may import it."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return False
     if sys.implementation.name != "cpython" or sys.version_info[:2] not in VERIFIED:
         return False
     hook = getattr(threading, "_after_fork", None)

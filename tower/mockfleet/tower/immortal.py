@@ -29,7 +29,6 @@ import ctypes
 import gc
 import os
 import sys
-import sysconfig
 from collections.abc import Iterable
 from types import CodeType
 
@@ -56,7 +55,8 @@ def _unsupported() -> str | None:
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if sys.version_info[:2] not in VERSIONS:
         return f"CPython {version}: immortal objects need 3.12 or 3.13"
-    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    # the ABI flags rather than sysconfig, which would import threading here
+    if "t" in getattr(sys, "abiflags", ""):
         return "a free-threaded build counts references another way"
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         return "not a 64-bit build"

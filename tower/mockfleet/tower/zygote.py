@@ -203,6 +203,8 @@ class Zygote:
         if not todo:
             return out
         if refreeze:  # a lot seen for the first time: share its objects, untouched by gc
+            # its sink may have imported threading (paho-mqtt does)
+            forkhooks.skip_threading_after_fork_when_alone()
             gc.collect()
             # not the requests in hand: only the lot's objects are kept for good
             in_hand = [batch, *batch, out, *out, *(reply for reply, _ in out), todo, *todo, seen]
