@@ -87,24 +87,24 @@ def immortalize(keep_mortal: Iterable[object] = ()) -> int:
     # The list first: it leaves itself out, while any container made before it
     # would be made immortal, and so kept for good, with the rest.
     stack: list[object] = gc.get_objects()
-    seen: set[int] = {id(obj) for obj in keep_mortal}
+    # An object is marked the moment it is reached, so the marks themselves
+    # say what was visited: no set of every address, whose memory would stay
+    # in the zygote's heap, scattered, and make every fork copy more.
+    mortal = {id(obj) for obj in keep_mortal}
     changed = 0
     while stack:
         obj = stack.pop()
         address = id(obj)
-        if address in seen:
-            continue
-        seen.add(address)
         count = _count(address)
-        if count.value == IMMORTAL:
-            continue  # the interpreter's own, or done in an earlier round
+        if count.value == IMMORTAL or address in mortal:
+            continue  # the interpreter's own, done already, or to be left alone
+        count.value = IMMORTAL
+        changed += 1
         stack.extend(gc.get_referents(obj))
         if isinstance(obj, CodeType):
             # A code object does not report what it holds to the collector.
             stack.extend(_code_parts(obj))
-        count.value = IMMORTAL
-        changed += 1
-    del stack, seen
+    del stack
     return changed
 
 
