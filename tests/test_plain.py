@@ -17,7 +17,7 @@ import pytest
 
 from mockfleet.mock.device import CompiledLot, preview
 from mockfleet.mock.generators.specs import GENERATOR_ADAPTER
-from mockfleet.mock.lot import LotError, State, load_lot
+from mockfleet.mock.lot import LotError, MockLot, State, load_lot
 from mockfleet.mock.loterror import ValidatorFailed
 from mockfleet.mock.plain import PlainLot, Spec
 from mockfleet.mock.plainlot import plain_lot
@@ -131,7 +131,11 @@ openssl = sorted(m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules)
 spare = sorted(m for m in ("dataclasses", "inspect", "ast", "pathlib", "urllib.parse",
                            "ipaddress", "platform", "pickle", "traceback", "base64")
                if m in sys.modules)
+# extension modules (five mappings each) and threading, loaded only for a lot that needs them
+optional = sorted(m for m in ("encodings.idna", "unicodedata", "resource", "threading")
+                  if m in sys.modules)
 print(json.dumps({"heavy": heavy, "openssl": openssl, "spare": spare, "fresh": fresh,
+                  "optional": optional,
                   "messages": len(msgs),
                   "restart": lot.lot.spec.restart.to_data()}))
 """
@@ -429,3 +433,49 @@ def test_a_lot_that_takes_too_long_to_validate_is_refused(
         validator.validate(str(THERMOSTATS), timeout=0.5)
     assert validator.pid == 0 and validator.sock is None
     assert _children() == children  # killed and reaped
+
+
+@pytest.mark.parametrize(
+    ("url", "optional"),
+    [
+        ("http://127.0.0.1:9/in/{id}", []),
+        ("http://[::1]:9/in/{id}", []),
+        ("http://localhost:9/in/{id}", ["encodings.idna", "unicodedata"]),
+    ],
+)
+def test_name_lookup_modules_load_only_for_a_lot_that_connects_to_a_name(
+    url: str, optional: list[str], tmp_path: Path
+) -> None:
+    """A host name is encoded with the idna codec (encodings.idna, stringprep,
+    unicodedata) before each connection: loaded once in the zygote for a lot
+    that needs it, and left out for one that connects to an address. Nor does
+    the zygote hold resource or threading for a lot that needs neither."""
+    lot = tmp_path / "lot.yaml"
+    lot.write_text(_HTTP_LOT.replace('"%s://127.0.0.1:9/in/{id}"', f'"{url}"'))
+    assert _lean(lot)["optional"] == optional
+
+
+@pytest.mark.parametrize(
+    ("sink", "expected"),
+    [
+        ({"type": "http", "url": "http://10.1.2.3:8080/x"}, False),
+        ({"type": "http", "url": "https://[2001:db8::1]/x"}, False),
+        ({"type": "http", "url": "http://backend.svc:8080/x"}, True),
+        ({"type": "http", "url": "http://{lot}.svc/x"}, True),
+        ({"type": "mqtt", "host": "10.0.0.7"}, False),
+        ({"type": "mqtt", "host": "broker"}, True),
+        ({"type": "stdout"}, False),
+    ],
+)
+def test_which_sinks_need_a_name_lookup(sink: dict[str, Any], expected: bool) -> None:
+    from mockfleet.mock.sinks.factory import needs_name_lookup
+
+    spec = MockLot.model_validate(
+        {
+            "apiVersion": "mockfleet.dev/v1alpha1",
+            "kind": "MockLot",
+            "metadata": {"name": "n"},
+            "spec": {"devices": 1, "payload": {"template": {"t": 1}}, "sink": sink},
+        }
+    ).spec.sink
+    assert needs_name_lookup(spec) is expected

@@ -267,7 +267,6 @@ def _rehearsal_runner(
 def warm_up() -> None:
     """Run, once in the parent, the lazy imports and caches a device would
     otherwise fill after the fork, each child paying for its own copy."""
-    # socket.getaddrinfo encodes every host name with the idna codec, which
-    # imports encodings.idna, stringprep and unicodedata on first use
-    "localhost".encode("idna")
+    # (The idna codec that host names need is loaded by preload_sink, and only
+    # for a lot that connects to a name rather than an address.)
     import selectors  # noqa: F401

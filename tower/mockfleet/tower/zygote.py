@@ -25,7 +25,6 @@ import importlib.util
 import json
 import os
 import pwd
-import resource
 import signal
 import socket
 import sys
@@ -125,6 +124,13 @@ class Zygote:
         if cfg.get("run_as"):
             pw = pwd.getpwnam(cfg["run_as"])
             self.creds = (pw.pw_uid, pw.pw_gid)
+        # Loaded only when limits are asked for: an extension module is five
+        # more mappings that every fork copies and every exit tears down.
+        self.resource: Any = None
+        if cfg.get("rlimit_nofile") or cfg.get("rlimit_as"):
+            import resource
+
+            self.resource = resource
 
     def serve(self) -> None:
         gc.collect()
@@ -370,6 +376,7 @@ class Zygote:
             os.close(gate_r)
             if not _committed(self.root, req["id"]):
                 os._exit(EXIT_UNCOMMITTED)
+            resource = self.resource
             if self.cfg.get("rlimit_nofile"):
                 n = int(self.cfg["rlimit_nofile"])
                 resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))

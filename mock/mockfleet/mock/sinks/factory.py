@@ -54,6 +54,13 @@ def preload_sink(spec: SinkSpec) -> None:
     the device's name in the log), so preloading never fails for it.
     """
     sink_class(spec.type)
+    if needs_name_lookup(spec):
+        # socket.getaddrinfo encodes a host name with the idna codec, which
+        # imports encodings.idna, stringprep and unicodedata on first use: once
+        # here rather than in every device. A lot that connects to an address
+        # never needs them, and its devices are forked without them (an
+        # extension module is five mappings more in every mock).
+        "localhost".encode("idna")
     tls = getattr(spec, "tls", None)
     if tls is not None and (spec.type == "mqtt" or getattr(spec, "url", "").startswith("https:")):
         import ssl
@@ -62,3 +69,33 @@ def preload_sink(spec: SinkSpec) -> None:
 
         with contextlib.suppress(FatalSinkError):
             ssl_context(tls, ssl.Purpose.SERVER_AUTH)
+
+
+def needs_name_lookup(spec: SinkSpec) -> bool:
+    """Whether the sink connects to a host name (resolved by getaddrinfo),
+    rather than to an IP address or nowhere (stdout, file). A host given as a
+    template counts as a name."""
+    if spec.type == "http":
+        from mockfleet.mock.sinks.http_wire import split_url
+
+        try:
+            host = split_url(spec.url).host
+        except ValueError:
+            return True  # reported by each device; assume the worst here
+    elif spec.type == "mqtt":
+        host = spec.host
+    else:
+        return False
+    return not _is_address(host)
+
+
+def _is_address(host: str) -> bool:
+    import socket
+
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return True
+    return False
