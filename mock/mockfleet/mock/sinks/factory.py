@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mockfleet.mock.sinks.base import FatalSinkError, Sink
+from mockfleet.mock.sinks.hosts import literal_family
 
 if TYPE_CHECKING:
     from mockfleet.mock import lot
@@ -86,16 +87,4 @@ def needs_name_lookup(spec: SinkSpec) -> bool:
         host = spec.host
     else:
         return False
-    return not _is_address(host)
-
-
-def _is_address(host: str) -> bool:
-    import socket
-
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return True
-    return False
+    return literal_family(host) is None

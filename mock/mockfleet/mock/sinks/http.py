@@ -21,6 +21,7 @@ from mockfleet.mock.seeding import derive
 from mockfleet.mock.sinks.backoff import backoff_delay
 from mockfleet.mock.sinks.base import FatalSinkError, SendOutcome, Sink, Wait
 from mockfleet.mock.sinks.credentials import read_secret, username
+from mockfleet.mock.sinks.hosts import literal_family
 from mockfleet.mock.sinks.http_wire import (
     Head,
     ProtocolError,
@@ -331,7 +332,7 @@ def _connect(host: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection with ``timeout`` on every operation. An IP literal is
     connected to directly: no name resolution (and no resolver libraries
     loaded into the device)."""
-    family = _literal_family(host)
+    family = literal_family(host)
     if family is None:
         sock = socket.create_connection((host, port), timeout)
     else:
@@ -362,16 +363,6 @@ def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-
-
-def _literal_family(host: str) -> int | None:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return family
-    return None
 
 
 def _retry_after(value: str | None) -> float | None:
