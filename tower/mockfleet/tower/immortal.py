@@ -90,7 +90,7 @@ def immortalize(keep_mortal: Iterable[object] = ()) -> int:
     # An object is marked the moment it is reached, so the marks themselves
     # say what was visited: no set of every address, whose memory would stay
     # in the zygote's heap, scattered, and make every fork copy more.
-    mortal = {id(obj) for obj in keep_mortal}
+    mortal = {id(keep_mortal), *(id(obj) for obj in keep_mortal)}  # the list itself too
     changed = 0
     while stack:
         obj = stack.pop()
