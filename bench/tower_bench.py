@@ -172,19 +172,17 @@ class MachineLoad:
     """
 
     def __init__(self) -> None:
-        self.kthreads = [
-            p.pid
-            for p in psutil.process_iter(["name"])
-            if (p.info["name"] or "").startswith(KERNEL_MM_THREADS)
-        ]
-        self.marks: dict[str, tuple[float, float, float]] = {}
+        self.marks: dict[str, tuple[float, float, dict[int, float]]] = {}
 
     def mark(self, name: str) -> None:
         # Idle time is kept exactly (tickless idle); busy time is sampled at
         # timer ticks and misses most of thousands of sub-millisecond bursts.
         t = psutil.cpu_times()
         idle = t.idle + getattr(t, "iowait", 0.0)
-        self.marks[name] = (time.monotonic(), idle, cpu_of(self.kthreads))
+        # Looked up at each mark, and counted per thread: this VM's agent
+        # restarts kdamond now and then, under a new pid.
+        kthreads = {pid: cpu_of([pid]) for pid in kernel_mm_threads()}
+        self.marks[name] = (time.monotonic(), idle, kthreads)
 
     def between(self, a: str, b: str) -> tuple[float, float] | None:
         """(% of all CPUs busy, % of one core used by the memory threads)."""
@@ -194,7 +192,52 @@ class MachineLoad:
         span = max(t1 - t0, 1e-6)
         cpus = psutil.cpu_count() or 1
         busy = 1 - (idle1 - idle0) / (span * cpus)
-        return max(0.0, busy) * 100, (k1 - k0) / span * 100
+        # a thread started between the marks counts from 0; one that ended is lost
+        kernel = sum(cpu - k0.get(pid, 0.0) for pid, cpu in k1.items())
+        return max(0.0, busy) * 100, kernel / span * 100
+
+
+def kernel_mm_threads() -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["name"])
+        if (p.info["name"] or "").startswith(KERNEL_MM_THREADS)
+    ]
+
+
+DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+def damon_snapshot() -> list[tuple[str, int, float]]:
+    """Each DAMON monitor of this kernel: (state, kdamond pid, its age in s);
+    empty where the kernel has none. A long-running monitor has refined its
+    regions around the pages every mock shares, and walks them more often."""
+    out = []
+    for d in sorted(DAMON.glob("[0-9]*")):
+        try:
+            state = (d / "state").read_text().strip()
+            pid = int((d / "pid").read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        age = -1.0
+        if pid > 0:
+            with contextlib.suppress(psutil.Error):
+                age = time.time() - psutil.Process(pid).create_time()
+        out.append((state, pid, age))
+    return out
+
+
+def damon_summary(before: list[tuple[str, int, float]], after: list[tuple[str, int, float]]) -> str:
+    """One line on the page monitor over a run, for reading its latency figures."""
+    if not before and not after:
+        return "no DAMON page monitor in this kernel"
+    parts = []
+    for state, pid, age in before:
+        parts.append(f"{state}" + (f", kdamond {pid} running for {age:.0f} s" if pid > 0 else ""))
+    text = "DAMON page monitor at the start: " + "; ".join(parts)
+    if [p for _, p, _ in before] != [p for _, p, _ in after]:
+        text += "; restarted during the run (" + ", ".join(f"{s} {p}" for s, p, _ in after) + ")"
+    return text
 
 
 def minor_faults(pids: Iterable[int]) -> list[int]:
@@ -665,6 +708,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
         res.note = f"tower did not become ready (see {base / 'tower.log'})"
         return res
     res.extra["zygote"] = zygote_summary(tower.ready_event)
+    damon_before = damon_snapshot()
     pairs = stage_starts(tower.root, lot, n)
     supervisor = psutil.Process(tower.proc.pid)
     helper = psutil.Process(zygote_pid)
@@ -739,6 +783,7 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
         killed = kill_mocks(victims, args.kill_spacing)
         machine.mark("kill1")
         res.machine["kill"] = machine.between("kill0", "kill1") or (0.0, 0.0)
+        res.extra["damon"] = damon_summary(damon_before, damon_snapshot())
         res.kills = len(killed)
         lat = wait_for(
             lambda: x if len(x := exit_latencies(tower.events(), killed)) >= len(killed) else None,
@@ -1145,6 +1190,8 @@ def notes(r: Result) -> list[str]:
     out.extend(f"{line} ({who})" for line in r.extra.get("exit_anatomy", []))
     if "zygote" in r.extra:
         out.append(f"note ({who}): {r.extra['zygote']}")
+    if "damon" in r.extra:
+        out.append(f"note ({who}): {r.extra['damon']}")
     if r.extra.get("kill_reasons"):
         out.append(f"note ({who}): killed mocks recorded as {r.extra['kill_reasons']}")
     if "upgrade" in r.extra:

@@ -1,0 +1,30 @@
+"""What ``bench/tower_bench.py`` says beside its figures: the interpreter and
+its immortal objects, and what the kernel's page monitor was doing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from tower_bench import damon_summary, zygote_summary
+
+
+def test_the_page_monitor_note_says_its_state_age_and_restarts() -> None:
+    assert damon_summary([], []) == "no DAMON page monitor in this kernel"
+    steady = [("on", 42, 3600.4)]
+    assert damon_summary(steady, steady) == (
+        "DAMON page monitor at the start: on, kdamond 42 running for 3600 s"
+    )
+    assert damon_summary(steady, [("on", 77, 2.0)]).endswith("; restarted during the run (on 77)")
+    assert damon_summary([("off", 0, -1.0)], [("off", 0, -1.0)]) == (
+        "DAMON page monitor at the start: off"
+    )
+
+
+def test_the_zygote_note_says_whether_objects_were_made_immortal() -> None:
+    made = zygote_summary({"immortal_objects": 24000, "immortal_ms": 68.6})
+    assert made.endswith(": the zygote made 24000 preloaded objects immortal in 69 ms")
+    off = zygote_summary({"immortal_objects": 0, "immortal_off": "CPython 3.11: no"})
+    assert off.endswith(": preloaded objects not immortal (CPython 3.11: no)")
