@@ -173,15 +173,19 @@ class MachineLoad:
 
     def __init__(self) -> None:
         self.marks: dict[str, tuple[float, float, dict[int, float]]] = {}
+        self.kthreads = kernel_mm_threads()
 
     def mark(self, name: str) -> None:
         # Idle time is kept exactly (tickless idle); busy time is sampled at
         # timer ticks and misses most of thousands of sub-millisecond bursts.
         t = psutil.cpu_times()
         idle = t.idle + getattr(t, "iowait", 0.0)
-        # Looked up at each mark, and counted per thread: this VM's agent
-        # restarts kdamond now and then, under a new pid.
-        kthreads = {pid: cpu_of([pid]) for pid in kernel_mm_threads()}
+        # Counted per thread, and looked up again only when one has gone (a
+        # scan reads every mock's /proc entry): this VM's agent restarts
+        # kdamond now and then, under a new pid.
+        if not all(psutil.pid_exists(pid) for pid in self.kthreads):
+            self.kthreads = kernel_mm_threads()
+        kthreads = {pid: cpu_of([pid]) for pid in self.kthreads}
         self.marks[name] = (time.monotonic(), idle, kthreads)
 
     def between(self, a: str, b: str) -> tuple[float, float] | None:
