@@ -9,10 +9,12 @@ faults by kind, forking, exiting, system calls by name, or running its own
 code). A sample is 1/FREQ s of one CPU, so a role's samples per start are its
 CPU cost per start.
 
-A forked mock keeps its parent's name ("mf-intermediate") until it names
-itself: samples under that name belong to the forking process only in the
-processes that forked (those with samples inside ``dup_mmap``); the rest are
-the new mocks' first steps.
+A forked mock keeps its parent's name until it names itself: "mf-zygote"
+(the zygote clones each mock as the tower's child), or "mf-intermediate"
+where the zygote double-forks. Samples under the zygote's name and another
+PID are new mocks; under "mf-intermediate" they belong to the forking
+process only in the processes that forked (those with samples inside
+``dup_mmap``), and the rest are the new mocks' first steps.
 
 The sorting is pure (``breakdown``, ``report``) so it can be checked on
 recorded text.
@@ -104,6 +106,8 @@ def role(sample: Sample, roles: dict[int, str], forkers: set[int]) -> str:
         return MOCK
     if sample.comm == "mf-intermediate":
         return FORKER if sample.pid in forkers else MOCK
+    if sample.comm == "mf-zygote":  # not the zygote itself (in roles): a new clone
+        return MOCK
     if sample.comm.startswith("swapper"):
         return "idle"
     if sample.comm.startswith(KERNEL_MEMORY_THREADS):

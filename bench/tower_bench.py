@@ -1164,14 +1164,19 @@ def _round(value: Any) -> Any:
 
 def zygote_summary(ready: dict[str, Any]) -> str:
     """What the zygote-ready event says of its preloaded objects (CPython 3.12+
-    makes them immortal: see mockfleet.tower.immortal)."""
+    makes them immortal: see mockfleet.tower.immortal) and how it forks mocks."""
     python = f"CPython {sys.version_info[0]}.{sys.version_info[1]}"
+    forking = {
+        "clone-parent": "; mocks forked with clone(CLONE_PARENT)",
+        "double-fork": "; mocks double-forked",
+    }.get(ready.get("forking") or "", "")
     if ready.get("immortal_objects"):
         return (
             f"{python}: the zygote made {ready['immortal_objects']} preloaded objects "
-            f"immortal in {ready.get('immortal_ms', 0):.0f} ms"
+            f"immortal in {ready.get('immortal_ms', 0):.0f} ms{forking}"
         )
-    return f"{python}: preloaded objects not immortal ({ready.get('immortal_off', 'unknown')})"
+    off = ready.get("immortal_off", "unknown")
+    return f"{python}: preloaded objects not immortal ({off}){forking}"
 
 
 def notes(r: Result) -> list[str]:

@@ -28,3 +28,10 @@ def test_the_zygote_note_says_whether_objects_were_made_immortal() -> None:
     assert made.endswith(": the zygote made 24000 preloaded objects immortal in 69 ms")
     off = zygote_summary({"immortal_objects": 0, "immortal_off": "CPython 3.11: no"})
     assert off.endswith(": preloaded objects not immortal (CPython 3.11: no)")
+
+
+def test_the_zygote_note_says_how_mocks_are_forked() -> None:
+    ready = {"immortal_objects": 24000, "immortal_ms": 68.6, "forking": "clone-parent"}
+    assert zygote_summary(ready).endswith(" in 69 ms; mocks forked with clone(CLONE_PARENT)")
+    off = {"immortal_objects": 0, "immortal_off": "no", "forking": "double-fork"}
+    assert zygote_summary(off).endswith("not immortal (no); mocks double-forked")

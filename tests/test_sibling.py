@@ -45,11 +45,11 @@ def test_the_sibling_is_reaped_by_the_grandparent_with_its_exit_code() -> None:
     assert reaped == {middle: 0, made: 7}
 
 
-def test_it_is_opt_in() -> None:
+def test_it_is_on_unless_switched_off() -> None:
     code = "from mockfleet.tower import sibling; print(sibling.enabled())"
     import subprocess
 
-    for value, expected in ((None, "False"), ("1", "True")):
+    for value, expected in ((None, "True"), ("1", "True"), ("0", "False")):
         env = {k: v for k, v in os.environ.items() if k != "MOCKFLEET_CLONE_PARENT"}
         if value is not None:
             env["MOCKFLEET_CLONE_PARENT"] = value

@@ -80,3 +80,19 @@ def test_report_gives_shares_and_cost_per_start() -> None:
         "start profile: page faults, all roles: 37.5% of all CPUs; fork and exit: 12.5%"
     )
     assert report(breakdown([], {}), 1, 1.0, 1) == ["start profile: no samples were recorded"]
+
+
+def test_a_clone_still_named_after_the_zygote_is_a_new_mock() -> None:
+    """The zygote clones each mock as the tower's child: until the mock names
+    itself it is "mf-zygote" under a PID of its own; the zygote's own
+    samples (its fork included) stay the zygote's."""
+    zygote, clone = 200, 201
+    text = "\n".join(
+        [
+            _sample("mf-zygote", zygote, ["copy_page_range", "dup_mmap", "copy_process"]),
+            _sample("mf-zygote", clone, PAGE_FAULT),
+        ]
+    )
+    b = breakdown(parse(text.splitlines()), {zygote: "zygote"})
+    assert b.by_role == {"zygote": 1, MOCK: 1}
+    assert b.by_activity[MOCK] == {"page fault: copy-on-write": 1}

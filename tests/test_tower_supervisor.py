@@ -21,7 +21,7 @@ from support.polling import wait_for
 from support.tower_harness import TowerProc, exits, no_leftovers, pids, write_lot
 
 from mockfleet.mock.validator import PARENT_CHECK
-from mockfleet.tower import immortal
+from mockfleet.tower import immortal, sibling
 from mockfleet.tower.linux import boot_id, proc_stat
 from mockfleet.tower.triggers import write_start, write_stop
 
@@ -84,9 +84,12 @@ def test_kill_9_is_detected_and_restarted_per_policy(base: Path, forking: str) -
     fast = {"policy": "OnFailure", "backoff": "50ms", "maxBackoff": "100ms", "maxRestarts": 3}
     again = write_lot(base / "again.yaml", "again", {}, restart=fast)
     never = write_lot(base / "never.yaml", "never", {}, restart={"policy": "Never"})
-    env = {"MOCKFLEET_CLONE_PARENT": "1"} if forking == "clone-parent" else {}
+    env = {"MOCKFLEET_CLONE_PARENT": "1" if forking == "clone-parent" else "0"}
     tower = TowerProc(root, env=env)
     tower.wait_ready()
+    ready = next(e for e in tower.events() if e["event"] == "zygote-ready")
+    if sibling.available():
+        assert ready["forking"] == forking
     _start_many(root, again, 20, "a")
     _start_many(root, never, 20, "n")
     wait_for(lambda: len(pids(root)) == 40, 60)
@@ -301,6 +304,9 @@ def test_zygote_death_is_survived(base: Path) -> None:
         assert ready["immortal_objects"] > 10_000 and ready.get("immortal_off") is None
     else:
         assert ready["immortal_objects"] == 0 and ready["immortal_off"] == immortal.why_not()
+    # and how it forks mocks: as the tower's own children where the system allows
+    assert ready["forking"] == ("clone-parent" if sibling.available() else "double-fork")
+    assert psutil.Process(zygote).name() == "mf-zygote"  # as ps and top show it
     # its lot validator: the one child of the zygote (the mocks are the tower's)
     (validator,) = psutil.Process(zygote).children()
     os.kill(zygote, signal.SIGKILL)

@@ -20,16 +20,19 @@ is single-threaded, so no lock can be held by another thread at the fork.
 ``available()`` is False where the system call number is unknown or ctypes
 cannot load the C library; the zygote then falls back to the double fork.
 
-It is opt-in (``MOCKFLEET_CLONE_PARENT=1`` in the tower's environment): it
-saves a process per batch, but each mock kept about 0.18 MiB more private
-memory (200 devices: USS 2.51 -> 2.70 MiB), while the start rate it gained
-with 1,000 mocks (162-211 against 190 starts/s) stayed within the run-to-run
-noise of a 2-core machine. Measured again once the mocks' own start had been
-trimmed (1,000 mocks, two runs each way): 229 and 175 starts/s against 203
-and 192, PSS 2.25-2.26 against 2.18-2.23 MiB per mock. Still noise, so the
-double fork stays the default. Again with the zygote at 8.5 MiB, alternating
-runs: 1,000 mocks 314 and 273 against 232 and 260 starts/s, but 2,000 mocks
-96 and 102 against 130 and 129; PSS 1.89-1.90 against 1.85 MiB.
+It is the default; ``MOCKFLEET_CLONE_PARENT=0`` in the tower's environment
+switches it off. It used to be opt-in: on CPython 3.11 each mock kept a
+little more private memory with it (200 devices: USS 2.51 -> 2.70 MiB;
+later PSS 1.89-1.90 against 1.85 MiB), and the start rates it gained stayed
+within the run-to-run noise of a 2-core machine, or went the wrong way
+(2,000 mocks: 96 and 102 against 130 and 129 starts/s).
+
+Measured again on CPython 3.12 with runs alternated (``tower_bench.py
+--skip-supervisord --skip-upgrade``), the clone started mocks faster in 6
+of 7 pairs at 1,000 mocks (5 pairs in one batch: 355-383 against 306-346
+starts/s) and in 3 of 3 at 2,000 (336-394 against 298-311), at the same
+PSS (0.86-0.88 MiB). On 3.11, 2 of 3 pairs. docs/performance.md has every
+pair.
 """
 
 from __future__ import annotations
@@ -84,8 +87,8 @@ def available() -> bool:
 
 
 def enabled() -> bool:
-    """Available, and asked for (``MOCKFLEET_CLONE_PARENT=1``): see the module's note."""
-    return _CLONE is not None and os.environ.get("MOCKFLEET_CLONE_PARENT") == "1"
+    """Available, and not switched off (``MOCKFLEET_CLONE_PARENT=0``): see the module's note."""
+    return _CLONE is not None and os.environ.get("MOCKFLEET_CLONE_PARENT", "1") != "0"
 
 
 def fork_sibling() -> int:

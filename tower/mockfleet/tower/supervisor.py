@@ -545,6 +545,7 @@ class Tower:
                 immortal_objects=reply.get("immortal_objects", 0),
                 immortal_ms=reply.get("immortal_ms", 0.0),
                 immortal_off=reply.get("immortal_off"),
+                forking=reply.get("forking"),
             )
             return
         mock_id = reply.get("id", "")

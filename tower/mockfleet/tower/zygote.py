@@ -5,14 +5,14 @@ the tower's state), it imports and preloads everything a device needs once,
 freezes the garbage collector (so children do not dirty the shared pages),
 then serves start requests over a SOCK_SEQPACKET socket (fd 3).
 
-For each batch it double-forks: an intermediate child forks the mocks and
-exits, so the mocks are orphaned and re-parented to the tower, a child
-subreaper: every mock is the tower's direct child and the tower alone reaps
-it. (Opt-in, ``MOCKFLEET_CLONE_PARENT=1``: each mock is forked with
-``clone(CLONE_PARENT)`` instead, see sibling.) The mock then waits on a
-*gate* pipe whose write end goes to the tower (SCM_RIGHTS); the tower closes
-it once the mock's PID file is durable.
-On end-of-file the mock runs only if the PID file names it, so a tower that
+Each mock is forked with ``clone(CLONE_PARENT)`` (see sibling), so it is the
+tower's direct child from birth and the tower alone reaps it. Where the
+system refuses that clone, or with ``MOCKFLEET_CLONE_PARENT=0``, each batch
+is double-forked instead: an intermediate child forks the mocks and exits,
+so they are orphaned and re-parented to the tower, a child subreaper. The
+mock then waits on a *gate* pipe whose write end goes to the tower
+(SCM_RIGHTS); the tower closes it once the mock's PID file is durable. On
+end-of-file the mock runs only if the PID file names it, so a tower that
 dies in between never leaves a mock nobody knows about.
 """
 
@@ -51,7 +51,7 @@ MOCK_NICE = 5
 #: shut down before writing its PID file). Nobody records it.
 EXIT_UNCOMMITTED = 75
 ZYGOTE_FD = 3
-#: Most starts one intermediate process forks.
+#: Most starts one batch (one intermediate process, in a double fork) holds.
 MAX_BATCH = 32
 
 Device = Callable[..., int]
@@ -144,6 +144,8 @@ class Zygote:
             "immortal_objects": made,
             "immortal_ms": round(took * 1000, 1),
             "immortal_off": immortal.why_not(),
+            # how mocks are forked (a clone the system refuses later falls back)
+            "forking": "clone-parent" if sibling.enabled() else "double-fork",
         }
         self.sock.send(json.dumps(ready).encode())
         while True:
@@ -444,6 +446,9 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
             return 1
+        # Named after its validator was forked (which keeps the interpreter's
+        # name); a mock carries this name from its clone until it names itself.
+        set_process_name("mf-zygote")
         zygote.serve()
         return 0
     finally:
