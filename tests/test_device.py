@@ -297,3 +297,45 @@ def test_scheduled_at_is_stamped_when_asked() -> None:
     msgs = run(c, 3)
     assert [m["due_at"] - T0 for m in msgs] == [0, 2, 4]
     assert "due_at" not in run(compiled(), 1)[0]
+
+
+def test_the_data_of_a_seed_is_pinned_across_versions() -> None:
+    """Same lot seed + same device index => the same data, on any machine and
+    in every release: faults, jitter, start spread and random transitions
+    each draw from their own stream, made when first used. The digest was
+    taken when every stream was still made with the device."""
+    import hashlib
+
+    c = compiled(
+        timing={"interval": "1s", "jitter": "200ms", "startSpread": "3s"},
+        faults=[
+            {"type": "clockSkew", "rate": 0.5, "skew": "2s"},
+            {"type": "drop", "rate": 0.1},
+            {"type": "malformed", "rate": 0.1},
+            {"type": "duplicate", "rate": 0.1},
+        ],
+        initialState="a",
+        states={
+            "a": {"transitions": [{"to": "b", "probability": 0.3}]},
+            "b": {"transitions": [{"to": "a", "probability": 0.5}]},
+        },
+    )
+    digest = hashlib.sha256()
+    for index in (0, 7):
+        for at, body, state in preview(c, index, 200, T0):
+            digest.update(f"{at:.6f}|{state}|".encode() + body + b"\n")
+    assert digest.hexdigest() == (
+        "db20ffe5e8d69b29ceaa3c64e32f1233a2c9779426078a6d96d862320b7d2c0d"
+    )
+
+
+def test_a_plain_device_seeds_no_stream_it_does_not_use() -> None:
+    """Seeding a stream costs most of a device's build: a lot without faults,
+    spread, jitter or random transitions makes none of those streams."""
+    engine = DeviceEngine(compiled(), 3, T0)
+    for _ in range(5):
+        engine.tick(engine.next_due())
+    assert engine.messages == 5
+    assert (engine._rng_faults, engine._rng_states, engine._rng_timing) == (None, None, None)
+    spread = DeviceEngine(compiled(timing={"interval": "1s", "startSpread": "2s"}), 3, T0)
+    assert spread._rng_timing is not None and spread._rng_faults is None

@@ -11,6 +11,7 @@ downlink commands go to :meth:`DeviceEngine.on_command`.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -143,9 +144,13 @@ class DeviceEngine:
         self.index = index
         self.device_id = lot.device_id(index)
         self.seed = seeding.device_seed(spec.seed, index)
-        self._rng_faults = seeding.stream(self.seed, "faults")
-        self._rng_states = seeding.stream(self.seed, "transitions")
-        self._rng_timing = seeding.stream(self.seed, "timing")
+        # Each purpose's stream is made on its first use: seeding one costs
+        # about 9 us (most of a device's build), and a lot without faults,
+        # random transitions, spread or jitter never needs them. Streams are
+        # independent, so when one is made does not change what it draws.
+        self._rng_faults: random.Random | None = None
+        self._rng_states: random.Random | None = None
+        self._rng_timing: random.Random | None = None
         self.vars = render_variables(lot, self.seed, index, self.device_id, now=start)
         self.names: dict[str, Any] = {
             "id": self.device_id,
@@ -156,7 +161,9 @@ class DeviceEngine:
         self.ctx = Context(device_id=self.device_id, index=index, lot=lot.name, vars=self.vars)
         self._generators: dict[str, Any] = {}
         self._instances: dict[str, TemplateInstance] = {}
-        self.skew = faultlib.skew_for_device(spec.faults, self._rng_faults)
+        self.skew = (
+            faultlib.skew_for_device(spec.faults, self._faults_rng()) if spec.faults else 0.0
+        )
         self.started = start
         self.samples = 0
         self.messages = 0
@@ -174,9 +181,24 @@ class DeviceEngine:
         timing = spec.timing
         first = start + timing.startOffset
         if timing.startSpread > 0:
-            first += self._rng_timing.random() * timing.startSpread
+            first += self._timing_rng().random() * timing.startSpread
         self._next_sample = first
         self._enter(compiled.initial, start)
+
+    def _faults_rng(self) -> random.Random:
+        if self._rng_faults is None:
+            self._rng_faults = seeding.stream(self.seed, "faults")
+        return self._rng_faults
+
+    def _states_rng(self) -> random.Random:
+        if self._rng_states is None:
+            self._rng_states = seeding.stream(self.seed, "transitions")
+        return self._rng_states
+
+    def _timing_rng(self) -> random.Random:
+        if self._rng_timing is None:
+            self._rng_timing = seeding.stream(self.seed, "timing")
+        return self._rng_timing
 
     # ------------------------------------------------------------------ schedule
 
@@ -233,7 +255,7 @@ class DeviceEngine:
     def _transition_after_message(self, fields: Any, now: float) -> None:
         for tr in self.state_spec.transitions:
             if tr.probability is not None:
-                if self._rng_states.random() < tr.probability:
+                if self._states_rng().random() < tr.probability:
                     self._enter(tr.to, now)
                     return
             elif tr.when is not None:
@@ -279,7 +301,7 @@ class DeviceEngine:
             jitter = self.lot.spec.timing.jitter
             step = self.interval()
             if jitter:
-                step += (self._rng_timing.random() * 2 - 1) * jitter
+                step += (self._timing_rng().random() * 2 - 1) * jitter
             # keep the schedule anchored: late ticks do not push later samples back
             self._next_sample = max(self._next_sample + step, now) if step > 0 else now
         if self.finished:
@@ -302,7 +324,8 @@ class DeviceEngine:
         if self.state_spec.offline:
             return
         spec = self.lot.spec
-        decision = faultlib.decide(self._faults(), self._rng_faults)
+        faults = self._faults()
+        decision = faultlib.decide(faults, self._faults_rng()) if faults else faultlib.Decision()
         ctx = self.ctx
         ctx.now = now
         ctx.elapsed = now - self.started
@@ -405,7 +428,7 @@ class DeviceEngine:
                 faultlib.pad_to(obj, msg.oversize, len(body))
                 body = _DUMPS(obj).encode()
         if msg.malformed:
-            body = faultlib.corrupt(body, self._rng_faults)
+            body = faultlib.corrupt(body, self._faults_rng())
         return body
 
 
