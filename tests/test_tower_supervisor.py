@@ -13,7 +13,6 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -121,47 +120,6 @@ def test_kill_9_is_detected_and_restarted_per_policy(base: Path, forking: str) -
     assert len(now) == 40 - len(gone)
     # Every killed process was reaped: none is left as a zombie.
     wait_for(lambda: not [p for p in _children(tower) if p.status() == psutil.STATUS_ZOMBIE], 10)
-    assert tower.stop() == 0
-
-
-@pytest.mark.parametrize("helper", ["on", "off"])
-def test_a_large_batch_is_forked_by_two_processes(base: Path, helper: str) -> None:
-    """Triggers waiting at start-up go to the zygote in full batches: with more
-    than one CPU it forks half of each with a helper (a clone of itself, the
-    tower's child for a moment). Every mock is still the tower's own child,
-    and the helpers' exits are nobody's: no lost mock, no zombie, no forker
-    left behind."""
-    root = base / "root"
-    lot = write_lot(base / "lot.yaml", "split", {})
-    ids = _start_many(root, lot, 96)  # waiting before the tower starts
-    env = {"MOCKFLEET_FORK_HELPER": "0"} if helper == "off" else {}
-    tower = TowerProc(root, "--http", "127.0.0.1:0", env=env)
-    tower.wait_ready()
-    addr = next(e["http"] for e in tower.events() if e["event"] == "tower-started")
-    wait_for(lambda: len(pids(root)) == 96, 60)
-    running = pids(root)
-    assert sorted(running) == sorted(ids)
-    assert {psutil.Process(pid).ppid() for pid in running.values()} == {tower.pid}
-
-    def status() -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://{addr}/status", timeout=10) as r:
-            doc: dict[str, Any] = json.loads(r.read())
-        return doc
-
-    two_cpus = sibling.available() and len(os.sched_getaffinity(0)) > 1
-    if helper == "on" and two_cpus:
-        wait_for(lambda: status()["fork_helpers"] >= 1, 10)
-    else:
-        assert status()["fork_helpers"] == 0
-
-    def settled() -> bool:
-        kids = _children(tower)
-        return all(p.name() != "mf-forker" and p.status() != psutil.STATUS_ZOMBIE for p in kids)
-
-    wait_for(settled, 10)
-    doc = status()
-    assert doc["mocks"]["running"] == 96 and doc["exits"] == {}
-    assert not [e for e in tower.events() if e["event"] in ("exited", "lost")]
     assert tower.stop() == 0
 
 

@@ -199,10 +199,6 @@ class Tower:
         #: their start triggers are deleted once it is
         self.syncing: dict[str, tuple[int, Mock]] = {}
         self.early_exits: dict[int, int] = {}
-        #: the zygote's forking helpers (see zygote.Zygote._fork_siblings): our
-        #: children for a moment, whose exits are no mock's
-        self.fork_helpers: set[int] = set()
-        self.fork_helpers_done = 0
         self.free_slots = list(range(cfg.max_mocks - 1, -1, -1))
         self.used_slots: set[int] = set()
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -540,13 +536,6 @@ class Tower:
         self.inflight.clear()
 
     def _on_reply(self, reply: dict[str, Any], fd: int | None) -> None:
-        if reply.get("op") == "helper":
-            pid = int(reply.get("pid") or 0)
-            if self.early_exits.pop(pid, None) is None:  # not reaped yet
-                self.fork_helpers.add(pid)
-            else:
-                self.fork_helpers_done += 1
-            return
         if reply.get("op") == "ready":
             self.zygote.ready = True
             self.zygote_was_ready = True
@@ -804,10 +793,6 @@ class Tower:
                 return
             if pid == self.zygote.pid:
                 self._on_zygote_exit(status)
-                continue
-            if pid in self.fork_helpers:
-                self.fork_helpers.discard(pid)
-                self.fork_helpers_done += 1
                 continue
             m = self.by_pid.get(pid)
             if m is None or m.state == "starting":
@@ -1313,7 +1298,6 @@ class Tower:
             "pending_triggers": len(self.pending) + len(self.deferred),
             "exits": dict(self.exit_counts),
             "oom_killed": sum(self.oom_killed.values()),
-            "fork_helpers": self.fork_helpers_done,
             "lots": lots,
             "shutting_down": self.shutting_down,
         }

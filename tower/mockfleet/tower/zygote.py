@@ -53,39 +53,8 @@ EXIT_UNCOMMITTED = 75
 ZYGOTE_FD = 3
 #: Most starts one batch (one intermediate process, in a double fork) holds.
 MAX_BATCH = 32
-#: From this many starts on, a batch is forked by two processes (see
-#: Zygote._fork_siblings); below it a helper's clone and exit cost more than
-#: it saves.
-SPLIT_FROM = 8
 
 Device = Callable[..., int]
-
-
-def _two_forkers() -> bool:
-    """More than one CPU to fork on, and not switched off
-    (``MOCKFLEET_FORK_HELPER=0``)."""
-    if os.environ.get("MOCKFLEET_FORK_HELPER", "1") == "0":
-        return False
-    try:
-        return len(os.sched_getaffinity(0)) > 1
-    except (AttributeError, OSError):
-        return (os.cpu_count() or 1) > 1
-
-
-def _read_all(fd: int) -> bytes:
-    """Everything until end-of-file; closes ``fd``."""
-    chunks: list[bytes] = []
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except InterruptedError:
-                continue
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
 
 
 def load_device(spec: str) -> Device:
@@ -298,36 +267,20 @@ class Zygote:
     ) -> list[str] | None:
         """Fork each mock as the tower's own child (see sibling): "pid ticks"
         per mock, ticks -1 where the fork failed. None when the system refuses
-        clone(CLONE_PARENT) itself: the caller then double-forks instead.
-
-        A large batch is forked by two processes at once: this one and a
-        helper, a clone of this one (also the tower's child) that forks the
-        second half, reports the PIDs and exits. This process only gets the
-        share of a CPU that its scheduling group (the fleet's session) gets,
-        so alone it is what a start burst waits for; two forkers use both
-        CPUs (docs/performance.md)."""
-        n = len(todo)
-        pids = [-1] * n
-        split = n // 2 if n >= SPLIT_FROM and _two_forkers() else n
-        helper = self._start_helper(todo, gates, split) if split < n else None
-        if helper is None:
-            split = n
-        for i in range(split):
+        clone(CLONE_PARENT) itself: the caller then double-forks instead."""
+        # Fork them all first: every page this process writes between two
+        # forks is copied (copy-on-write), so the loop does next to nothing.
+        pids = [-1] * len(todo)
+        for i in range(len(todo)):
             try:
                 pid = sibling.fork_sibling()
             except OSError:
-                if not sibling.available() and i == 0 and helper is None:
+                if not sibling.available() and i == 0:
                     return None  # refused, and nothing forked yet
                 continue
             if pid == 0:
-                if helper is not None:
-                    os.close(helper)
                 self._mock_child(todo[i], gates, i, None)
             pids[i] = pid
-        if helper is not None:
-            reported = _read_all(helper).split()
-            for k, i in enumerate(range(split, n)):
-                pids[i] = int(reported[k]) if k < len(reported) else -1
         tower = os.getppid()
         lines = []
         for pid in pids:
@@ -338,42 +291,6 @@ class Zygote:
             ok = st is not None and st.ppid == tower and st.state not in ("Z", "X")
             lines.append(f"{pid} {st.start_ticks if st is not None and ok else -1}")
         return lines
-
-    def _start_helper(
-        self, todo: list[tuple[dict[str, Any], Any]], gates: list[tuple[int, int]], split: int
-    ) -> int | None:
-        """Clone the helper that forks ``todo[split:]``; return the pipe its
-        PIDs come back on (-1 for a failed fork), or None when it could not
-        be cloned (this process then forks them all)."""
-        report_r, report_w = os.pipe()
-        try:
-            helper = sibling.fork_sibling()
-        except OSError:
-            os.close(report_r)
-            os.close(report_w)
-            return None
-        if helper == 0:  # the helper: fork its half, report, vanish
-            try:
-                set_process_name("mf-forker")
-                os.close(report_r)
-                pids = []
-                for i in range(split, len(todo)):
-                    try:
-                        pid = sibling.fork_sibling()
-                    except OSError:
-                        pid = -1
-                    if pid == 0:
-                        self._mock_child(todo[i], gates, i, report_w)
-                    pids.append(pid)
-                data = (" ".join(map(str, pids)) + "\n").encode()
-                while data:
-                    data = data[os.write(report_w, data) :]
-            finally:
-                os._exit(0)
-        os.close(report_w)
-        # The tower reaps it: it must know the exit is no mock's.
-        self.sock.send(json.dumps({"op": "helper", "pid": helper}).encode())
-        return report_r
 
     def _fork_through_intermediate(
         self, todo: list[tuple[dict[str, Any], Any]], gates: list[tuple[int, int]]
@@ -402,9 +319,18 @@ class Zygote:
             finally:
                 os._exit(0)
         os.close(report_w)
-        report = _read_all(report_r)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(report_r, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(report_r)
         os.waitpid(mid_pid, 0)
-        return report.decode().split("\n")
+        return b"".join(chunks).decode().split("\n")
 
     def _restart_policy(self, lot: Any) -> dict[str, Any]:
         """The lot's restart settings as JSON (cached: one copy per lot, not per start)."""
