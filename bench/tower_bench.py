@@ -9,6 +9,7 @@ XML-RPC. Both run with restarts off, so a killed mock stays dead.
 
     python bench/tower_bench.py [--mocks 1000] [--supervisord-mocks N]
                                 [--skip-supervisord] [--skip-upgrade]
+                                [--rounds N]
 
 Measured, per system:
 
@@ -807,7 +808,50 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     if not args.skip_upgrade:
         upgrade_phase(args, tower, base, res)
     res.extra["tower_exit"] = procs.stop(tower.proc, 60)
+    procs.stop(rx.proc, 10)  # a later round starts its own
     return res
+
+
+def run_rounds(args: argparse.Namespace, procs: Processes, workdir: Path) -> Result:
+    """The tower's phase ``--rounds`` times; the median round, the others listed."""
+    if args.rounds == 1:
+        return run_tower(args, procs, workdir, args.mocks)
+    results = []
+    for k in range(1, args.rounds + 1):
+        phase(f"round {k} of {args.rounds}")
+        sub = workdir / f"round-{k}"
+        sub.mkdir()
+        results.append(run_tower(args, procs, sub, args.mocks))
+    for line in rounds_summary(results):
+        print(line, flush=True)
+    return median_round(results)
+
+
+def median_round(results: list[Result]) -> Result:
+    """The round whose start rate is the median (the lower middle one of an
+    even count); rounds that measured none sort first."""
+    ranked = sorted(results, key=lambda r: r.starts_per_s or 0.0)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def rounds_summary(results: list[Result]) -> list[str]:
+    """One line per round, then the spread of the start rate."""
+    lines = []
+    for k, r in enumerate(results, 1):
+        lines.append(
+            f"round {k}: {_f(r.starts_per_s, '{:.0f}')} starts/s, "
+            f"{_f(r.machine_ms_per_start, '{:.2f}')} ms of machine CPU per start, "
+            f"exit p99 {_f(percentile(r.exit_ms, 99) if r.exit_ms else None, '{:.2f}')} ms, "
+            f"PSS per mock {_f(r.pss_per_mock, '{:.2f}')} MiB"
+        )
+    rates = sorted(r.starts_per_s for r in results if r.starts_per_s)
+    if rates:
+        median = median_round(results).starts_per_s
+        lines.append(
+            f"rounds: starts/s {rates[0]:.0f}-{rates[-1]:.0f}, median {_f(median, '{:.0f}')}; "
+            "the table below is the median round"
+        )
+    return lines
 
 
 def upgrade_phase(args: argparse.Namespace, tower: Tower, base: Path, res: Result) -> None:
@@ -1395,10 +1439,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "machine's time by process role and activity (see start_profile.py); the "
         "sampling itself adds a little load",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the tower's phase this many times, each with a fresh tower, receiver "
+        "and mocks, and report the round with the median start rate (every round's "
+        "figures are listed): a VM's speed can drift from minute to minute",
+    )
     p.add_argument("--order", choices=("tower-first", "supervisord-first"), default="tower-first")
     args = p.parse_args(argv)
     if args.mocks < 2:
         p.error("--mocks must be at least 2")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     return args
 
 
@@ -1439,7 +1493,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{time.strftime('%H:%M:%S')}] {phase} ...", flush=True)
                 try:
                     if phase == "tower":
-                        tower_res = run_tower(args, procs, workdir, args.mocks)
+                        tower_res = run_rounds(args, procs, workdir)
                     else:
                         sd_res = run_supervisord(args, procs, workdir)
                 except Exception as exc:  # report the other phase's figures anyway

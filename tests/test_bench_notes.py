@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from tower_bench import damon_summary, zygote_summary
+from tower_bench import Result, damon_summary, median_round, rounds_summary, zygote_summary
 
 
 def test_the_page_monitor_note_says_its_state_age_and_restarts() -> None:
@@ -35,3 +35,24 @@ def test_the_zygote_note_says_how_mocks_are_forked() -> None:
     assert zygote_summary(ready).endswith(" in 69 ms; mocks forked with clone(CLONE_PARENT)")
     off = {"immortal_objects": 0, "immortal_off": "no", "forking": "double-fork"}
     assert zygote_summary(off).endswith("not immortal (no); mocks double-forked")
+
+
+def _round(rate: float | None, p99: float) -> Result:
+    r = Result("tower", 1000, running=1000, start_s=1000 / rate if rate else None)
+    r.exit_ms = [1.0] * 90 + [p99] * 10
+    r.pss_per_mock = 0.82
+    return r
+
+
+def test_rounds_report_the_median_round_and_the_spread() -> None:
+    """--rounds: this VM's speed drifts, so the table shows the median round."""
+    rounds = [_round(350, 9.0), _round(518, 4.0), _round(412, 7.0)]
+    assert median_round(rounds) is rounds[2]
+    assert median_round(rounds[:2]) is rounds[0]  # an even count: the lower middle
+    lines = rounds_summary(rounds)
+    assert lines[0].startswith("round 1: 350 starts/s, ")
+    assert "exit p99 9.00 ms" in lines[0] and "PSS per mock 0.82 MiB" in lines[0]
+    assert lines[-1].startswith("rounds: starts/s 350-518, median 412;")
+    failed = [_round(None, 1.0), _round(400, 2.0)]
+    assert median_round(failed) is failed[0]  # a round that measured nothing counts low
+    assert rounds_summary(failed)[-1].startswith("rounds: starts/s 400-400, median -")
