@@ -841,7 +841,7 @@ def rounds_summary(results: list[Result]) -> list[str]:
         lines.append(
             f"round {k}: {_f(r.starts_per_s, '{:.0f}')} starts/s, "
             f"{_f(r.machine_ms_per_start, '{:.2f}')} ms of machine CPU per start, "
-            f"exit p99 {_f(percentile(r.exit_ms, 99) if r.exit_ms else None, '{:.2f}')} ms, "
+            f"exit p99 {_f(_lat(r, 99), '{:.2f}')} ms, "
             f"PSS per mock {_f(r.pss_per_mock, '{:.2f}')} MiB"
         )
     rates = sorted(r.starts_per_s for r in results if r.starts_per_s)
