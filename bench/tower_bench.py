@@ -585,7 +585,9 @@ def kill_mocks(pids: list[int], spacing: float) -> dict[int, float]:
 
 
 class Tower:
-    def __init__(self, procs: Processes, root: Path, log: Path, max_mocks: int) -> None:
+    def __init__(
+        self, procs: Processes, root: Path, log: Path, max_mocks: int, start_priority: str = "auto"
+    ) -> None:
         self.root = root
         self.ready_event: dict[str, Any] = {}
         self.port = free_port()
@@ -602,6 +604,8 @@ class Tower:
                 "5s",
                 "--max-mocks",
                 str(max_mocks),
+                "--start-priority",
+                start_priority,
             ],
             log,
         )
@@ -707,12 +711,19 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     rx = Receiver(procs, base / "receiver.log")
     lot = write_lot(base / "lot.yaml", rx.port)
     res.extra["write_start_ms"] = write_start_cost(base, lot)
-    tower = Tower(procs, base / "root", base / "tower.log", max_mocks=max(2 * n, 1024))
+    tower = Tower(
+        procs,
+        base / "root",
+        base / "tower.log",
+        max_mocks=max(2 * n, 1024),
+        start_priority=args.start_priority,
+    )
     zygote_pid = tower.ready(60)
     if zygote_pid is None:
         res.note = f"tower did not become ready (see {base / 'tower.log'})"
         return res
     res.extra["zygote"] = zygote_summary(tower.ready_event)
+    res.extra["start_priority"] = start_priority_summary(tower.events())
     damon_before = damon_snapshot()
     pairs = stage_starts(tower.root, lot, n)
     supervisor = psutil.Process(tower.proc.pid)
@@ -724,6 +735,8 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
     res.loads["start"] = load1()
     machine = MachineLoad()
     profile = perf_recording(CpuProfile, "--profile-start", res) if args.profile_start else None
+    pipeline = {"tower": tower.proc.pid, "zygote": zygote_pid}
+    waits0 = {who: schedstat(pid) for who, pid in pipeline.items()}
     with profile or contextlib.nullcontext():
         machine.mark("start0")
         t0 = time.time()
@@ -742,6 +755,9 @@ def run_tower(args: argparse.Namespace, procs: Processes, workdir: Path, n: int)
         # loop sees it: a slower poll only takes less CPU from the machine.
         started = wait_for(all_started, args.start_timeout, 0.1)
         machine.mark("start1")
+    res.extra["pipeline_waits"] = pipeline_waits(
+        waits0, {who: schedstat(pid) for who, pid in pipeline.items()}
+    )
     if profile is not None:
         roles = {
             tower.proc.pid: "tower",
@@ -1223,6 +1239,40 @@ def zygote_summary(ready: dict[str, Any]) -> str:
     return f"{python}: preloaded objects not immortal ({off}){forking}"
 
 
+def schedstat(pid: int) -> tuple[float, float] | None:
+    """Seconds a process has run and waited for a CPU (/proc/PID/schedstat)."""
+    try:
+        ran, waited, _slices = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
+def pipeline_waits(
+    before: dict[str, tuple[float, float] | None], after: dict[str, tuple[float, float] | None]
+) -> str:
+    """How long each process of the start pipeline ran, and waited for a CPU,
+    during the start: the zygote forks every mock, so its waits add up."""
+    parts = []
+    for who, b in before.items():
+        a = after.get(who)
+        if a is None or b is None:
+            continue
+        parts.append(f"the {who} ran {a[0] - b[0]:.2f} s and waited {a[1] - b[1]:.2f} s")
+    return "during the start, " + "; ".join(parts) if parts else ""
+
+
+def start_priority_summary(events: list[dict[str, Any]]) -> str:
+    """What the tower-started event says of the priority mocks start at."""
+    started = [e for e in events if e.get("event") == "tower-started"]
+    if not started or "start_priority" not in started[-1]:
+        return "start priority: not reported by this tower"
+    e = started[-1]
+    if e["start_priority"] == "idle":
+        return "mocks start at idle CPU priority during a burst, normal once it is over"
+    return f"mocks start at normal CPU priority ({e.get('start_priority_why', '')})"
+
+
 def notes(r: Result) -> list[str]:
     who = f"{r.name} N={r.requested}"
     out = [f"note ({who}): {r.note.lstrip('; ')}"] if r.note else []
@@ -1243,6 +1293,10 @@ def notes(r: Result) -> list[str]:
     out.extend(f"{line} ({who})" for line in r.extra.get("exit_anatomy", []))
     if "zygote" in r.extra:
         out.append(f"note ({who}): {r.extra['zygote']}")
+    if "start_priority" in r.extra:
+        out.append(f"note ({who}): {r.extra['start_priority']}")
+    if r.extra.get("pipeline_waits"):
+        out.append(f"note ({who}): {r.extra['pipeline_waits']} for a CPU")
     if "damon" in r.extra:
         out.append(f"note ({who}): {r.extra['damon']}")
     if r.extra.get("kill_reasons"):
@@ -1446,6 +1500,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the tower's phase this many times, each with a fresh tower, receiver "
         "and mocks, and report the round with the median start rate (every round's "
         "figures are listed): a VM's speed can drift from minute to minute",
+    )
+    p.add_argument(
+        "--start-priority",
+        choices=("auto", "idle", "normal"),
+        default="auto",
+        help="the tower's --start-priority (see mockfleet.tower.priority)",
     )
     p.add_argument("--order", choices=("tower-first", "supervisord-first"), default="tower-first")
     args = p.parse_args(argv)

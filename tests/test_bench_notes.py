@@ -8,7 +8,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from tower_bench import Result, damon_summary, median_round, rounds_summary, zygote_summary
+from tower_bench import (
+    Result,
+    damon_summary,
+    median_round,
+    pipeline_waits,
+    rounds_summary,
+    start_priority_summary,
+    zygote_summary,
+)
 
 
 def test_the_page_monitor_note_says_its_state_age_and_restarts() -> None:
@@ -56,3 +64,23 @@ def test_rounds_report_the_median_round_and_the_spread() -> None:
     failed = [_round(None, 1.0), _round(400, 2.0)]
     assert median_round(failed) is failed[0]  # a round that measured nothing counts low
     assert rounds_summary(failed)[-1].startswith("rounds: starts/s 400-400, median -")
+
+
+def test_the_priority_note_says_how_mocks_start_and_why() -> None:
+    idle = [{"event": "tower-started", "start_priority": "idle", "start_priority_why": "x"}]
+    assert start_priority_summary(idle).startswith("mocks start at idle CPU priority")
+    normal = [
+        {"event": "tower-started", "start_priority": "normal", "start_priority_why": "no cap"}
+    ]
+    assert start_priority_summary(normal) == "mocks start at normal CPU priority (no cap)"
+    assert "not reported" in start_priority_summary([{"event": "tower-started"}])
+
+
+def test_the_pipeline_note_gives_run_and_wait_of_each_process() -> None:
+    before = {"tower": (1.0, 2.0), "zygote": (0.5, 0.25), "gone": None}
+    after = {"tower": (1.61, 2.68), "zygote": (1.28, 2.31), "gone": (9.0, 9.0)}
+    assert pipeline_waits(before, after) == (
+        "during the start, the tower ran 0.61 s and waited 0.68 s; "
+        "the zygote ran 0.78 s and waited 2.06 s"
+    )
+    assert pipeline_waits({"tower": None}, {"tower": None}) == ""

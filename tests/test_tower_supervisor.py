@@ -512,6 +512,7 @@ def test_a_config_survives_its_own_command_line() -> None:
         rlimit_nofile=64,
         mock_oom_score_adj=250,
         max_mocks=4096,
+        start_priority="normal",
         restart_overrides={"policy": "Always", "maxRestarts": 3},
         events_stderr=True,
     )

@@ -4,7 +4,9 @@ Behaviour comes from the lot's ``constants.towertest`` mapping so one file
 covers every case: ``seconds`` (run time, default: until stopped),
 ``exit_code`` (returned at the natural end), ``ignore_term`` (ignore SIGTERM
 and never consume the stop file: only SIGKILL ends it), ``hold_mib`` (memory
-it fills at its start and keeps).
+it fills at its start and keeps), ``policy_dir`` (a directory where it
+writes, in a file named after its PID, its CPU scheduling policy and nice
+value as it begins).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from typing import Any
 
 def run(lot: Any, index: int, *, stop_file: str | None = None, counters: Any = None) -> int:
     cfg = dict(lot.lot.spec.constants.get("towertest", {}))
+    if cfg.get("policy_dir"):
+        seen = f"{os.sched_getscheduler(0)} {os.getpriority(os.PRIO_PROCESS, 0)}"
+        with open(os.path.join(str(cfg["policy_dir"]), str(os.getpid())), "w") as f:
+            f.write(seen)
     seconds = cfg.get("seconds")
     exit_code = int(cfg.get("exit_code", 0))
     if seconds == 0:

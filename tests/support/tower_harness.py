@@ -176,7 +176,11 @@ def no_leftovers(extra_pids: set[int] | None = None) -> Iterator[set[int]]:
             for pid in tracked:
                 with contextlib.suppress(psutil.Error):
                     p = psutil.Process(pid)
-                    if p.status() != psutil.STATUS_ZOMBIE and "python" in p.name():
+                    # a mock names itself mf-mock (and is still mf-zygote just after its clone)
+                    name = p.name()
+                    if p.status() != psutil.STATUS_ZOMBIE and (
+                        "python" in name or name.startswith("mf-")
+                    ):
                         found.append(p)
             return found
 

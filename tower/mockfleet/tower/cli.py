@@ -71,6 +71,15 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
         "the tower (0-1000; default 500; 0 leaves the mocks as the tower is).",
     )
     p.add_argument(
+        "--start-priority",
+        choices=("auto", "idle", "normal"),
+        default="auto",
+        help="CPU priority of a mock while the tower starts others: idle, so that the tower "
+        "and its zygote never wait behind the mocks they just started (each mock goes back "
+        "to normal priority when the burst is over), or normal. auto (the default) is idle "
+        "where the tower can bring mocks back (CAP_SYS_NICE, as root, or RLIMIT_NICE >= 15).",
+    )
+    p.add_argument(
         "--max-mocks",
         type=argtypes.positive_int,
         default=32768,
@@ -151,6 +160,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
             pwd.getpwnam(args.run_as)
         except KeyError:
             raise SystemExit(f"mockfleet tower: --run-as: no such user {args.run_as!r}") from None
+    if args.start_priority == "idle":
+        from mockfleet.tower import priority
+
+        try:
+            priority.resolve("idle", priority.tower_can_restore(priority.MOCK_NICE))
+        except priority.PriorityError as exc:
+            raise SystemExit(f"mockfleet tower: {exc}") from None
     return TowerConfig(
         root=os.path.abspath(args.root),
         max_start_rate=args.max_start_rate,
@@ -166,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         ),
         device=args.device or DEFAULT_DEVICE,
         max_mocks=args.max_mocks,
+        start_priority=args.start_priority,
         restart_overrides=overrides,
         events_stderr=args.events_stderr,
         plan=os.path.abspath(args.plan) if args.plan else None,

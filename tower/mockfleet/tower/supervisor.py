@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mockfleet.tower import policy
+from mockfleet.tower import policy, priority
 from mockfleet.tower.durable import Syncer
 from mockfleet.tower.events import EventLog, log
 from mockfleet.tower.linux import (
@@ -113,6 +113,8 @@ class TowerConfig:
     device: str = DEFAULT_DEVICE
     max_mocks: int = 32768
     max_inflight: int = 64
+    #: ``auto``, ``idle`` or ``normal``: see mockfleet.tower.priority
+    start_priority: str = "auto"
     restart_overrides: dict[str, Any] = field(default_factory=dict)
     events_stderr: bool = False
     #: Kubernetes: a mounted plan ConfigMap turned into triggers for ``node``
@@ -137,6 +139,8 @@ class TowerConfig:
         if self.device != DEFAULT_DEVICE:
             argv += ["--device", self.device]
         argv += ["--max-mocks", str(self.max_mocks)]
+        if self.start_priority != "auto":
+            argv += ["--start-priority", self.start_priority]
         flags = {
             "policy": "--restart-policy",
             "maxRestarts": "--restart-max",
@@ -176,6 +180,8 @@ class Mock:
     stop_requested: bool = False
     force_killed: bool = False
     stop_deadline_armed: bool = False
+    #: started at idle CPU priority (see mockfleet.tower.priority)
+    idle: bool = False
 
 
 class Tower:
@@ -228,6 +234,14 @@ class Tower:
         #: mock id -> record, from the handover of the process this one replaced
         #: (in-place upgrade): mocks that are our own children, known to be ours
         self.handed_over: dict[str, PidRecord] = {}
+        #: can this process bring a mock back from idle priority, and does it
+        #: start mocks idle while others wait (see mockfleet.tower.priority)
+        self.can_restore = priority.tower_can_restore(priority.MOCK_NICE)
+        self.start_idle, self.start_idle_why = priority.resolve(
+            cfg.start_priority, self.can_restore
+        )
+        #: pid -> when it started, of mocks still at idle priority (oldest first)
+        self.idle_since: dict[int, float] = {}
         stat = proc_stat(self.me)
         #: our own start time: it survives execve and tells our handover from a
         #: stale one left by an earlier process that had the same PID
@@ -313,6 +327,8 @@ class Tower:
             setup_s=round(time.monotonic() - self.started_mono, 3),
             code=os.path.dirname(os.path.abspath(__file__)),
             http=self.http.address if self.http else None,
+            start_priority="idle" if self.start_idle else "normal",
+            start_priority_why=self.start_idle_why,
         )
         log("tower started", root=self.root, version=self.version, pid=self.me)
 
@@ -360,6 +376,7 @@ class Tower:
             self.planwatch.poll()
         self.dispatch_starts()
         self.commit_starts()
+        self.restore_priorities()
         self.reap()
         self.events.flush()
 
@@ -377,6 +394,10 @@ class Tower:
         timeout = None
         if self.timers:
             timeout = max(0.0, self.timers[0][0] - time.monotonic())
+        if self.idle_since:
+            due = next(iter(self.idle_since.values())) + priority.IDLE_START_MAX
+            wait = max(0.0, due - time.monotonic())
+            timeout = wait if timeout is None else min(timeout, wait)
         if self.planwatch is not None and not self.shutting_down:
             resync = self.planwatch.seconds_until_resync()
             timeout = resync if timeout is None else min(timeout, resync)
@@ -495,13 +516,22 @@ class Tower:
                 "index": req.index,
                 "slot": slot,
             }
+            # Idle only in an unpaced burst (others waiting): a lone or paced
+            # start has no pipeline to keep clear, and would only cost a restore.
+            idle = (
+                self.start_idle
+                and self.cfg.max_start_rate is None
+                and (len(self.pending) > 1 or bool(self.inflight))
+            )
+            if idle:
+                request["idle"] = True
             if not self.zygote.send(request):
                 self.free_slots.append(slot)  # not in used_slots yet: simply put back
                 return
             self.bucket.consume()
             del self.pending[mock_id]
             self.used_slots.add(slot)
-            m = Mock(mock_id, req.lot, req.index, slot, restarts=req.restarts)
+            m = Mock(mock_id, req.lot, req.index, slot, restarts=req.restarts, idle=idle)
             self.mocks[mock_id] = m
             self.inflight[mock_id] = m
 
@@ -640,6 +670,8 @@ class Tower:
         ticket = self.syncer.submit(paths, self.dirs["pids"]) if paths else 0
         for m in written:
             self._close_gate(m)
+            if m.idle:
+                self.idle_since[m.pid] = mono
             self.syncing[m.id] = (ticket, m)
             m.state = "running"
             self.events.emit(
@@ -651,6 +683,7 @@ class Tower:
                 slot=m.slot,
                 restarts=m.restarts,
                 version=m.version,
+                idle=m.idle,
             )
             status = self.early_exits.pop(m.pid, None)
             if status is not None:
@@ -658,6 +691,46 @@ class Tower:
             elif m.stop_requested:
                 self._signal(m, signal.SIGTERM)
                 self._arm_stop_deadline(m)
+
+    def restore_priorities(self, everyone: bool = False) -> None:
+        """Bring mocks that started at idle priority back to normal: all of
+        them once no start is waiting (or ``everyone``), else those idle for
+        ``IDLE_START_MAX``."""
+        if not self.idle_since:
+            return
+        burst_over = everyone or not (self.pending or self.inflight or self.to_commit)
+        if burst_over:
+            due = list(self.idle_since)
+            self.idle_since.clear()
+        else:
+            cutoff = time.monotonic() - priority.IDLE_START_MAX
+            due = []
+            for pid, since in self.idle_since.items():
+                if since > cutoff:
+                    break
+                due.append(pid)
+            for pid in due:
+                del self.idle_since[pid]
+        try:
+            for pid in due:
+                priority.restore(pid)
+        except OSError as exc:
+            # Checked at start-up (CAP_SYS_NICE or RLIMIT_NICE), so something
+            # else refused: a security module, a changed limit. Start no more
+            # mocks idle, and say which stay that way.
+            self.start_idle = False
+            stuck = [self.by_pid[pid].id for pid in due if pid in self.by_pid]
+            self.events.emit(
+                "priority-restore-failed",
+                reason=str(exc),
+                mocks=len(stuck),
+                first=stuck[:10],
+                hint="these mocks stay at idle CPU priority until they restart; "
+                "run the tower with --start-priority normal",
+            )
+            return
+        if burst_over:  # not each mock of a long (paced) burst: one line per burst
+            self.events.emit("priority-restored", mocks=len(due))
 
     def _on_synced(self) -> None:
         """PID files became durable: now their start triggers may go."""
@@ -851,6 +924,7 @@ class Tower:
         reason = policy.exit_reason(code, sig, m.stop_requested, m.force_killed)
         self.mocks.pop(m.id, None)
         self.by_pid.pop(m.pid, None)
+        self.idle_since.pop(m.pid, None)
         if m.pidfd is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(m.pidfd)
@@ -1001,6 +1075,10 @@ class Tower:
             self.on_exit(m, None)  # lost: how it ended is unknown
             return None
         m.state = "running"
+        if not our_child and self.can_restore and priority.is_idle(rec.pid):
+            # started idle by a tower that died mid-burst: due at once
+            m.idle = True
+            self.idle_since[rec.pid] = time.monotonic() - priority.IDLE_START_MAX
         self.used_slots.add(rec.slot)  # its stale entry in free_slots is skipped
         self.mocks[m.id] = m
         self.by_pid[m.pid] = m
@@ -1109,6 +1187,8 @@ class Tower:
             pid=self.me,
             mocks=len(self.mocks),
         )
+        # the new code knows nothing of who started idle: bring them back now
+        self.restore_priorities(everyone=True)
         self.events.flush()
         self._stop_zygote(timeout=5.0)
         self._write_handover()

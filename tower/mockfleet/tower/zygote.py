@@ -37,6 +37,7 @@ from mockfleet.mock.counters import map_slot
 from mockfleet.mock.rawsignal import raw_signal
 from mockfleet.tower import forkhooks, immortal, prefork, sibling
 from mockfleet.tower.linux import proc_stat, set_oom_score_adj, set_process_name
+from mockfleet.tower.priority import MOCK_NICE
 
 _MOCK_DEFAULT_SIGNALS = tuple(
     int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -44,8 +45,8 @@ _MOCK_DEFAULT_SIGNALS = tuple(
 _SIG_DFL = int(signal.SIG_DFL)
 _SIG_SETMASK = int(signal.SIG_SETMASK)
 
-#: niceness added to every mock (see _mock)
-MOCK_NICE = 5
+_SCHED_IDLE = os.SCHED_IDLE
+_IDLE_PARAM = os.sched_param(0)
 
 #: Exit code of a mock whose start was never committed (the tower died or
 #: shut down before writing its PID file). Nobody records it.
@@ -374,6 +375,13 @@ class Zygote:
                 os.nice(MOCK_NICE)
             except OSError:
                 pass
+            if "idle" in req:
+                # In a burst, until the tower brings it back: the zygote and the
+                # tower never wait behind it (see mockfleet.tower.priority).
+                try:  # noqa: SIM105 - as above
+                    os.sched_setscheduler(0, _SCHED_IDLE, _IDLE_PARAM)
+                except OSError:
+                    pass
             self.sock.close()
             # Through the signal module's C layer (see mockfleet.mock.rawsignal).
             for sig in _MOCK_DEFAULT_SIGNALS:
