@@ -46,7 +46,7 @@ _SIG_DFL = int(signal.SIG_DFL)
 _SIG_SETMASK = int(signal.SIG_SETMASK)
 
 _SCHED_IDLE = os.SCHED_IDLE
-_IDLE_PARAM = os.sched_param(0)
+_PARAM0 = os.sched_param(0)
 
 #: Exit code of a mock whose start was never committed (the tower died or
 #: shut down before writing its PID file). Nobody records it.
@@ -281,6 +281,14 @@ class Zygote:
                 continue
             if pid == 0:
                 self._mock_child(todo[i], gates, i, None)
+            if "idle" in todo[i][0]:
+                # At once, from here: its first steps (the copy-on-write faults
+                # of its return from the fork, about 0.4 ms) would otherwise
+                # run at this process's priority and take turns with this loop.
+                try:  # noqa: SIM105 - not contextlib.suppress: as in _mock
+                    os.sched_setscheduler(pid, _SCHED_IDLE, _PARAM0)
+                except OSError:
+                    pass
             pids[i] = pid
         tower = os.getppid()
         lines = []
@@ -351,6 +359,15 @@ class Zygote:
     ) -> None:
         """Right after the fork, in the mock: drop the other mocks' descriptors
         and the zygote's own (its lot validator's socket)."""
+        if "idle" in item[0]:
+            # In a burst, until the tower brings it back: the zygote and the
+            # tower never wait behind it (see mockfleet.tower.priority). The
+            # forking process has done this already, unless it is the double
+            # fork's intermediate.
+            try:  # noqa: SIM105 - not contextlib.suppress: an object whose pages each mock copies
+                os.sched_setscheduler(0, _SCHED_IDLE, _PARAM0)
+            except OSError:
+                pass
         set_process_name("mf-mock")
         self.forget_validator()
         if report_w is not None:
@@ -375,13 +392,6 @@ class Zygote:
                 os.nice(MOCK_NICE)
             except OSError:
                 pass
-            if "idle" in req:
-                # In a burst, until the tower brings it back: the zygote and the
-                # tower never wait behind it (see mockfleet.tower.priority).
-                try:  # noqa: SIM105 - as above
-                    os.sched_setscheduler(0, _SCHED_IDLE, _IDLE_PARAM)
-                except OSError:
-                    pass
             self.sock.close()
             # Through the signal module's C layer (see mockfleet.mock.rawsignal).
             for sig in _MOCK_DEFAULT_SIGNALS:
