@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -99,9 +100,20 @@ def test_a_burst_starts_idle_and_every_mock_ends_normal(base: Path) -> None:
     tower.wait_ready()
     started_event = next(e for e in tower.events() if e["event"] == "tower-started")
     assert started_event["start_priority"] == "idle"
-    n = 200
+    n = 300
     _stage(root, lot, n, "b")
-    wait_for(lambda: len(pids(root)) == n and len(list(seen_dir.iterdir())) == n, 120, 0.05)
+    # While the burst goes on, the mocks already running are at idle priority.
+    watched: dict[int, int] = {}
+
+    def watch() -> bool:
+        for pid in pids(root).values():
+            if pid not in watched:
+                with contextlib.suppress(OSError):
+                    watched[pid] = os.sched_getscheduler(pid)
+        return len(watched) == n
+
+    wait_for(watch, 120, 0.005)
+    wait_for(lambda: len(list(seen_dir.iterdir())) == n, 60, 0.05)
     running = pids(root)
     wait_for(lambda: any(e["event"] == "priority-restored" for e in tower.events()), 30)
     events = tower.events()
@@ -110,11 +122,12 @@ def test_a_burst_starts_idle_and_every_mock_ends_normal(base: Path) -> None:
     assert len(idle_started) >= n - 10, len(idle_started)
     seen = _seen(seen_dir)
     seen_idle = {pid for pid, (policy, _nice) in seen.items() if policy == os.SCHED_IDLE}
-    # Mocks really ran their device at idle priority. How many depends on the
-    # machine: an idle mock gets a CPU only when the pipeline leaves one free,
-    # so many begin only after the burst, once brought back (77 of 200 on
-    # CPython 3.11 here, more on 3.12).
-    assert seen_idle and seen_idle <= idle_started, len(seen_idle)
+    # 219 of 300 seen idle here, as their PID files appeared
+    assert {policy for pid, policy in watched.items() if pid in idle_started} >= {os.SCHED_IDLE}
+    # How many mocks began their device still idle depends on the machine: an
+    # idle mock gets a CPU only when the pipeline leaves one free, so many
+    # begin only after the burst, once brought back (none, at times, here).
+    assert seen_idle <= idle_started
     expected_nice = min(19, os.getpriority(os.PRIO_PROCESS, tower.pid) + priority.MOCK_NICE)
     assert {nice for _policy, nice in seen.values()} == {expected_nice}
     # after the burst, every mock is back at normal scheduling, at the mocks' nice

@@ -101,6 +101,25 @@ def _committed(root: str, mock_id: str) -> bool:
         return False
 
 
+def _idle_if_asked(req: dict[str, Any], pid: int) -> None:
+    """A mock of a burst runs at idle priority until the tower brings it back,
+    so that the zygote and the tower never wait behind it (see
+    mockfleet.tower.priority).
+
+    Set by the forking process, right after the fork: the mock's first steps
+    (the copy-on-write faults of its return from the fork, about 0.4 ms)
+    would otherwise run at the zygote's priority and take turns with its
+    loop. And not by the mock itself: an idle mock may get its first CPU
+    only after the burst, and would then undo the tower's restore. The tower
+    restores only after the zygote's reply, which comes after this.
+    """
+    if "idle" in req:
+        try:  # noqa: SIM105 - not contextlib.suppress: objects whose pages a mock copies
+            os.sched_setscheduler(pid, _SCHED_IDLE, _PARAM0)
+        except OSError:
+            pass
+
+
 class Zygote:
     def __init__(self, cfg: dict[str, Any], sock: socket.socket) -> None:
         from mockfleet.mock.preload import forget_validator, preload, serve_validation
@@ -281,14 +300,7 @@ class Zygote:
                 continue
             if pid == 0:
                 self._mock_child(todo[i], gates, i, None)
-            if "idle" in todo[i][0]:
-                # At once, from here: its first steps (the copy-on-write faults
-                # of its return from the fork, about 0.4 ms) would otherwise
-                # run at this process's priority and take turns with this loop.
-                try:  # noqa: SIM105 - not contextlib.suppress: as in _mock
-                    os.sched_setscheduler(pid, _SCHED_IDLE, _PARAM0)
-                except OSError:
-                    pass
+            _idle_if_asked(todo[i][0], pid)
             pids[i] = pid
         tower = os.getppid()
         lines = []
@@ -317,6 +329,7 @@ class Zygote:
                     pid = os.fork()
                     if pid == 0:
                         self._mock_child(todo[i], gates, i, report_w)
+                    _idle_if_asked(todo[i][0], pid)
                     pids[i] = pid
                 lines = []
                 for pid in pids:
@@ -359,15 +372,6 @@ class Zygote:
     ) -> None:
         """Right after the fork, in the mock: drop the other mocks' descriptors
         and the zygote's own (its lot validator's socket)."""
-        if "idle" in item[0]:
-            # In a burst, until the tower brings it back: the zygote and the
-            # tower never wait behind it (see mockfleet.tower.priority). The
-            # forking process has done this already, unless it is the double
-            # fork's intermediate.
-            try:  # noqa: SIM105 - not contextlib.suppress: an object whose pages each mock copies
-                os.sched_setscheduler(0, _SCHED_IDLE, _PARAM0)
-            except OSError:
-                pass
         set_process_name("mf-mock")
         self.forget_validator()
         if report_w is not None:
