@@ -74,6 +74,8 @@ from exit_trace import SchedTrace, anatomy, report
 from start_profile import CpuProfile, breakdown, parse
 from start_profile import report as profile_report
 
+from mockfleet.tower.priority import MODES
+
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -1503,7 +1505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--start-priority",
-        choices=("auto", "idle", "normal"),
+        choices=MODES,
         default="auto",
         help="the tower's --start-priority (see mockfleet.tower.priority)",
     )

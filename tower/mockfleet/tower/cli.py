@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from mockfleet.tower import argtypes
+from mockfleet.tower import argtypes, priority
 
 _RESTART_FLAGS = {
     "restart_policy": "policy",
@@ -72,7 +72,7 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--start-priority",
-        choices=("auto", "idle", "normal"),
+        choices=priority.MODES,
         default="auto",
         help="CPU priority of a mock while the tower starts others: idle, so that the tower "
         "and its zygote never wait behind the mocks they just started (each mock goes back "
@@ -161,8 +161,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
         except KeyError:
             raise SystemExit(f"mockfleet tower: --run-as: no such user {args.run_as!r}") from None
     if args.start_priority == "idle":
-        from mockfleet.tower import priority
-
         try:
             priority.resolve("idle", priority.tower_can_restore(priority.MOCK_NICE))
         except priority.PriorityError as exc:
