@@ -4,6 +4,9 @@ Shared by ``exit_trace`` (scheduler and signal tracepoints during kills) and
 ``start_profile`` (CPU samples with call chains during a start burst). perf
 starts with its events off and is switched on through its control fifo: its
 "ack" says the recording is live, so nothing the block does is missed.
+
+With ``MOCKFLEET_BENCH_KEEP_PERF=DIR`` in the environment, each recording's
+perf.data is copied into DIR, for ``perf report -i`` by hand.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+#: Environment variable naming a directory to keep perf.data files in.
+KEEP_ENV = "MOCKFLEET_BENCH_KEEP_PERF"
 
 
 def _open_fifo(path: Path, mode: int, proc: subprocess.Popen[bytes]) -> int:
@@ -129,6 +136,13 @@ class PerfRecord:
                 proc.kill()
                 proc.wait()
         try:
+            keep = os.environ.get(KEEP_ENV)
+            if keep and self._data.exists():
+                # For ``perf report -i`` by hand: the printed summary is not all.
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                dest = Path(keep) / f"{type(self).__name__}-{time.strftime('%H%M%S')}.data"
+                shutil.copyfile(self._data, dest)
+                print(f"perf data kept in {dest}", file=sys.stderr)
             if self._data.exists():
                 out = subprocess.run(
                     ["perf", "script", "-i", str(self._data), "-F", self._fields],

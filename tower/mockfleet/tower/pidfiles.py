@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -62,12 +63,27 @@ def pid_record_from(obj: Any) -> PidRecord:
 
 
 def write_pid_file(
-    pids_dir: str, tmp_dir: str, rec: PidRecord, sync_dir: bool, durable: bool = True
+    pids_dir: str,
+    tmp_dir: str,
+    rec: PidRecord,
+    sync_dir: bool,
+    durable: bool = True,
+    recycle: Callable[[bytes], str | None] | None = None,
 ) -> str:
     """Publish ``rec`` atomically as ``pids_dir/<mock id>``; returns the path.
-    With ``durable=False`` it is visible at once but not yet fsynced."""
+    With ``durable=False`` it is visible at once but not yet fsynced.
+
+    ``recycle`` (``Trash.refill``), with ``durable=False``, may hand back an
+    old file already rewritten with the record: it is renamed into place
+    instead of creating one (see ``mockfleet.tower.trash`` for why)."""
     path = os.path.join(pids_dir, rec.mock_id)
-    atomic_write(path, rec.to_bytes(), tmp_dir, sync_dir, durable)
+    data = rec.to_bytes()
+    if recycle is not None and not durable:
+        spare = recycle(data)
+        if spare is not None:
+            os.rename(spare, path)
+            return path
+    atomic_write(path, data, tmp_dir, sync_dir, durable)
     return path
 
 

@@ -658,7 +658,14 @@ class Tower:
             rec = self._record(m)
             try:
                 paths.append(
-                    write_pid_file(self.dirs["pids"], self.tmp, rec, sync_dir=False, durable=False)
+                    write_pid_file(
+                        self.dirs["pids"],
+                        self.tmp,
+                        rec,
+                        sync_dir=False,
+                        durable=False,
+                        recycle=self.trash.refill,
+                    )
                 )
             except OSError as exc:
                 self.events.emit("pidfile-failed", mock=m.id, reason=str(exc))
