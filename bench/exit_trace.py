@@ -10,14 +10,18 @@ SIGCHLD its death sends the tower) into:
 - blocked: asleep in the kernel, on a lock another task holds (the tasks
   that woke it are counted, by name).
 
+And while a victim waited for a CPU, what the CPUs ran instead (by kind of
+task: other mocks, the page monitor, the receiver, idle...).
+
 The parsing is pure (``anatomy``) so it can be checked on recorded text.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from perf_record import PerfRecord, why_not
@@ -35,6 +39,27 @@ class Exit:
     on_cpu_ms: float = 0.0
     blocked_ms: float = 0.0
     wakers: Counter[str] = field(default_factory=Counter)
+    #: (from, to) seconds of each wait for a CPU
+    waits: list[tuple[float, float]] = field(default_factory=list)
+    #: ms of CPU time, all CPUs, by kind of task, while this victim waited
+    ran_instead: Counter[str] = field(default_factory=Counter)
+
+
+def task_kind(comm: str) -> str:
+    """Group a task name: every mock (``mf-<id>``) counts as one kind."""
+    if comm == "mf-zygote":
+        return comm
+    if comm.startswith("mf-"):
+        return "mocks"
+    for prefix, kind in (
+        ("swapper", "idle"),
+        ("kdamond", "kdamond"),
+        ("kworker", "kworker"),
+        ("ksoftirqd", "ksoftirqd"),
+    ):
+        if comm.startswith(prefix):
+            return kind
+    return comm
 
 
 def anatomy(lines: list[str]) -> list[Exit]:
@@ -45,9 +70,9 @@ def anatomy(lines: list[str]) -> list[Exit]:
         m = _LINE.match(line)
         if m:
             fields = dict(_FIELD.findall(m[7]))
-            events.append((float(m[5]), m[6], int(m[2]), m[1].strip(), fields))
+            events.append((float(m[5]), m[6], int(m[2]), m[1].strip(), fields, int(m[4])))
     killed: dict[int, float] = {}
-    for ts, ev, _pid, _comm, f in events:
+    for ts, ev, _pid, _comm, f, _cpu in events:
         if ev == "signal:signal_generate" and f.get("sig") == "9":
             killed.setdefault(int(f["pid"]), ts)
     # state per victim: "run" (on a CPU), "wait" (runnable), "blocked"; and since when
@@ -63,12 +88,19 @@ def anatomy(lines: list[str]) -> list[Exit]:
             e.on_cpu_ms += span
         elif old == "wait":
             e.runnable_ms += span
+            e.waits.append((since, ts))
         else:
             e.blocked_ms += span
         state[pid] = (new, ts)
 
-    for ts, ev, pid, comm, f in events:
+    # per CPU: (start, kind) of what ran from then on, from the switches
+    ran: dict[int, list[tuple[float, str]]] = defaultdict(list)
+    first_ts = events[0][0] if events else 0.0
+    for ts, ev, pid, comm, f, cpu in events:
         if ev == "sched:sched_switch":
+            if not ran[cpu]:  # what ran before the first switch seen, since the trace began
+                ran[cpu].append((first_ts, task_kind(f.get("prev_comm", comm))))
+            ran[cpu].append((ts, task_kind(f.get("next_comm", "?"))))
             prev, nxt = int(f.get("prev_pid", -1)), int(f.get("next_pid", -1))
             if prev in state and prev not in done and ts >= killed[prev]:
                 move(prev, "wait" if f.get("prev_state", "R").startswith("R") else "blocked", ts)
@@ -89,7 +121,27 @@ def anatomy(lines: list[str]) -> list[Exit]:
             move(pid, state[pid][0], ts)
             out[pid].total_ms = (ts - killed[pid]) * 1000
             done.add(pid)
+    last_ts = events[-1][0] if events else 0.0
+    for pid in done:
+        for a, b in out[pid].waits:
+            for segments in ran.values():
+                out[pid].ran_instead.update(_overlap(segments, a, b, last_ts))
     return [out[pid] for pid in sorted(done)]
+
+
+def _overlap(segments: list[tuple[float, str]], a: float, b: float, end: float) -> Counter[str]:
+    """ms of each kind of task that ran within [a, b] on one CPU, from its
+    switches ``segments`` (each runs until the next, the last until ``end``)."""
+    got: Counter[str] = Counter()
+    i = max(0, bisect.bisect_right(segments, (a, "\uffff")) - 1)
+    while i < len(segments) and segments[i][0] < b:
+        start, kind = segments[i]
+        stop = segments[i + 1][0] if i + 1 < len(segments) else end
+        span = min(stop, b) - max(start, a)
+        if span > 0:
+            got[kind] += span * 1000
+        i += 1
+    return got
 
 
 def report(exits: list[Exit]) -> list[str]:
@@ -125,6 +177,18 @@ def report(exits: list[Exit]) -> list[str]:
         f"{statistics.fmean(e.blocked_ms for e in slow):.1f} ms on average; blocked victims "
         f"woken by {dict(wakers.most_common(4)) or 'none'}"
     )
+    instead: Counter[str] = Counter()
+    for e in slow:
+        instead.update(e.ran_instead)
+    if instead:
+        total = sum(instead.values())
+        parts = ", ".join(
+            f"{kind} {ms / len(slow):.1f} ms ({ms / total * 100:.0f}%)"
+            for kind, ms in instead.most_common(5)
+        )
+        rows.append(
+            f"exit anatomy: while one of the slowest tenth waited for a CPU, the CPUs ran: {parts}"
+        )
     return rows
 
 

@@ -50,10 +50,38 @@ def test_a_victims_exit_splits_into_waiting_running_and_blocked() -> None:
     assert round(victim.blocked_ms, 3) == 3.0
     assert victim.wakers == {"kdamond.0": 1}
     lines = report([victim])
-    assert "kdamond.0" in lines[-1]
+    assert "kdamond.0" in lines[-2]
 
 
 def test_a_victim_whose_death_is_not_in_the_trace_is_left_out() -> None:
     cut = [line for line in TRACE.splitlines() if "sig=17" not in line]
     assert anatomy(cut) == []
     assert report([]) == ["exit anatomy: no victim's exit was in the trace"]
+
+
+def test_what_ran_on_every_cpu_while_a_victim_waited_is_named() -> None:
+    def switch(prev_comm: str, prev: int, nxt_comm: str, nxt: int) -> str:
+        return (
+            f"prev_comm={prev_comm} prev_pid={prev} prev_prio=120 prev_state=R ==> "
+            f"next_comm={nxt_comm} next_pid={nxt} next_prio=120"
+        )
+
+    trace = [
+        _line("python", 100, 0, 2.000, "signal:signal_generate", _signal(9, VICTIM)),
+        # CPU 1 was idle, then ran the page monitor
+        _line(
+            "swapper/1", 0, 1, 2.001, "sched:sched_switch", switch("swapper/1", 0, "kdamond.0", 77)
+        ),
+        # CPU 0 ran another mock until the victim got it
+        _line("mf-m1", 500, 0, 2.004, "sched:sched_switch", switch("mf-m1", 500, "mf-m9", VICTIM)),
+        _line("mf-m9", VICTIM, 0, 2.006, "signal:signal_generate", _signal(17, 99)),
+    ]
+    (victim,) = anatomy(trace)
+    assert round(victim.runnable_ms, 3) == 4.0
+    assert {k: round(v, 3) for k, v in victim.ran_instead.items()} == {
+        "mocks": 4.0,
+        "idle": 1.0,
+        "kdamond": 3.0,
+    }
+    last = report([victim])[-1]
+    assert "mocks 4.0 ms (50%)" in last and "kdamond 3.0 ms (38%)" in last
