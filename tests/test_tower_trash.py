@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,121 +14,104 @@ from mockfleet.tower import trash as trash_mod
 from mockfleet.tower.trash import TRASH_DIR, Trash
 
 
-def test_a_deleted_file_is_gone_at_once_and_kept_as_a_spare(tmp_path: Path) -> None:
-    trash = Trash(str(tmp_path))
+@pytest.fixture
+def trash(tmp_path: Path) -> Iterator[Trash]:
+    t = Trash(str(tmp_path))
     try:
-        victim = tmp_path / "pids-m1"
-        victim.write_text("old")
-        assert trash.delete(str(victim)) is True
-        assert not victim.exists()
-        # a new file under the same name right away is never touched
-        victim.write_text("new")
-        assert trash.spares == 1
-        assert victim.read_text() == "new"
-        assert len(os.listdir(tmp_path / TRASH_DIR)) == 1
+        yield t
     finally:
-        trash.close()
+        t.close()
 
 
-def test_deleting_a_missing_file_says_so(tmp_path: Path) -> None:
-    trash = Trash(str(tmp_path))
-    try:
-        assert trash.delete(str(tmp_path / "nothing")) is False
-        assert trash.spares == 0
-    finally:
-        trash.close()
+def test_a_deleted_file_is_gone_at_once_and_kept_as_a_spare(tmp_path: Path, trash: Trash) -> None:
+    victim = tmp_path / "pids-m1"
+    victim.write_text("old")
+    assert trash.delete(str(victim)) is True
+    assert not victim.exists()
+    # a new file under the same name right away is never touched
+    victim.write_text("new")
+    assert trash.spares == 1
+    assert victim.read_text() == "new"
+    assert len(os.listdir(tmp_path / TRASH_DIR)) == 1
 
 
-def test_a_spare_is_rewritten_with_exactly_the_new_content_and_mode(tmp_path: Path) -> None:
-    trash = Trash(str(tmp_path))
-    try:
-        old = tmp_path / "start-m1.json"
-        old.write_bytes(b"x" * 1000)  # longer than what replaces it
-        old.chmod(0o644)
-        inode = old.stat().st_ino
-        trash.delete(str(old))
-        spare = trash.refill(b'{"pid": 42}\n')
-        assert spare is not None
-        dest = tmp_path / "m2"
-        os.rename(spare, dest)
-        st = dest.stat()
-        assert st.st_ino == inode  # the same file: no new inode allocated
-        assert dest.read_bytes() == b'{"pid": 42}\n'
-        assert stat.S_IMODE(st.st_mode) == 0o600
-        assert trash.recycled == 1 and trash.spares == 0
-        assert trash.refill(b"more") is None  # none left: the caller creates a file
-    finally:
-        trash.close()
+def test_deleting_a_missing_file_says_so(tmp_path: Path, trash: Trash) -> None:
+    assert trash.delete(str(tmp_path / "nothing")) is False
+    assert trash.spares == 0
 
 
-def test_a_short_spare_grows_to_the_new_content(tmp_path: Path) -> None:
-    trash = Trash(str(tmp_path))
-    try:
-        old = tmp_path / "stop-m1"
-        old.write_bytes(b"")  # a stop trigger is often empty
-        trash.delete(str(old))
-        spare = trash.refill(b"y" * 3000)
-        assert spare is not None
-        assert Path(spare).read_bytes() == b"y" * 3000
-    finally:
-        trash.close()
+def test_a_spare_is_rewritten_with_exactly_the_new_content_and_mode(
+    tmp_path: Path, trash: Trash
+) -> None:
+    old = tmp_path / "start-m1.json"
+    old.write_bytes(b"x" * 1000)  # longer than what replaces it
+    old.chmod(0o644)
+    inode = old.stat().st_ino
+    trash.delete(str(old))
+    spare = trash.refill(b'{"pid": 42}\n')
+    assert spare is not None
+    dest = tmp_path / "m2"
+    os.rename(spare, dest)
+    st = dest.stat()
+    assert st.st_ino == inode  # the same file: no new inode allocated
+    assert dest.read_bytes() == b'{"pid": 42}\n'
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert trash.recycled == 1 and trash.spares == 0
+    assert trash.refill(b"more") is None  # none left: the caller creates a file
 
 
-def test_content_larger_than_a_block_is_not_recycled(tmp_path: Path) -> None:
-    trash = Trash(str(tmp_path))
-    try:
-        old = tmp_path / "f"
-        old.write_text("x")
-        trash.delete(str(old))
-        assert trash.refill(b"z" * (trash_mod.SPARE_BYTES + 1)) is None
-        assert trash.spares == 1  # kept for content that fits
-    finally:
-        trash.close()
+def test_a_short_spare_grows_to_the_new_content(tmp_path: Path, trash: Trash) -> None:
+    old = tmp_path / "stop-m1"
+    old.write_bytes(b"")  # a stop trigger is often empty
+    trash.delete(str(old))
+    spare = trash.refill(b"y" * 3000)
+    assert spare is not None
+    assert Path(spare).read_bytes() == b"y" * 3000
 
 
-def test_unsafe_spares_are_emptied_never_written(tmp_path: Path) -> None:
+def test_content_larger_than_a_block_is_not_recycled(tmp_path: Path, trash: Trash) -> None:
+    old = tmp_path / "f"
+    old.write_text("x")
+    trash.delete(str(old))
+    assert trash.refill(b"z" * (trash_mod.SPARE_BYTES + 1)) is None
+    assert trash.spares == 1  # kept for content that fits
+
+
+def test_unsafe_spares_are_emptied_never_written(tmp_path: Path, trash: Trash) -> None:
     """A spare that another name links to, a symlink, a FIFO, a directory or
     a file larger than a block is never written: each is emptied instead."""
-    trash = Trash(str(tmp_path))
-    try:
-        precious = tmp_path / "precious"
-        precious.write_text("keep me")
-        linked = tmp_path / "linked"
-        os.link(precious, linked)  # a trigger hard-linked to a file someone cares about
-        symlink = tmp_path / "symlink"
-        symlink.symlink_to(precious)
-        fifo = tmp_path / "fifo"
-        os.mkfifo(fifo)
-        big = tmp_path / "big"
-        big.write_bytes(b"b" * 10000)
-        directory = tmp_path / "dir"
-        directory.mkdir()
-        for path in (linked, symlink, fifo, big, directory):
-            assert trash.delete(str(path))
-        assert trash.spares == 5
-        assert trash.refill(b"overwritten") is None
-        assert trash.spares == 0 and trash.recycled == 0
-        assert precious.read_text() == "keep me"
-        # all but the directory (unlink refuses it, as before) are gone
-        wait_for(lambda: trash.emptied == 5, timeout=10)
-        left = list((tmp_path / TRASH_DIR).iterdir())
-        assert len(left) == 1 and left[0].is_dir()
-    finally:
-        trash.close()
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    linked = tmp_path / "linked"
+    os.link(precious, linked)  # a trigger hard-linked to a file someone cares about
+    symlink = tmp_path / "symlink"
+    symlink.symlink_to(precious)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big"
+    big.write_bytes(b"b" * 10000)
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    for path in (linked, symlink, fifo, big, directory):
+        assert trash.delete(str(path))
+    assert trash.spares == 5
+    assert trash.refill(b"overwritten") is None
+    assert trash.spares == 0 and trash.recycled == 0
+    assert precious.read_text() == "keep me"
+    # all but the directory (unlink refuses it, as before) are gone
+    wait_for(lambda: trash.emptied == 5, timeout=10)
+    left = list((tmp_path / TRASH_DIR).iterdir())
+    assert len(left) == 1 and left[0].is_dir()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
-def test_another_users_file_is_not_recycled(tmp_path: Path) -> None:
-    trash = Trash(str(tmp_path))
-    try:
-        theirs = tmp_path / "theirs"
-        theirs.write_text("x")
-        os.chown(theirs, 65534, 65534)
-        trash.delete(str(theirs))
-        assert trash.refill(b"mine") is None
-        wait_for(lambda: trash.emptied == 1, timeout=10)
-    finally:
-        trash.close()
+def test_another_users_file_is_not_recycled(tmp_path: Path, trash: Trash) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.write_text("x")
+    os.chown(theirs, 65534, 65534)
+    trash.delete(str(theirs))
+    assert trash.refill(b"mine") is None
+    wait_for(lambda: trash.emptied == 1, timeout=10)
 
 
 def test_beyond_the_spares_files_are_emptied(
