@@ -11,8 +11,9 @@ to be recorded and start bursts slowed down.
 nothing, so it does not wait) and a background thread unlinks it there. To
 everyone else the file is gone the moment ``delete`` returns, exactly as with
 ``unlink``, and the order of operations on the original name is kept: a new
-file written under the same name afterwards is never touched. Leftovers of a
-tower that died or re-executed itself are emptied by the next one.
+file written under the same name afterwards is never touched. What a tower
+that died or re-executed itself left there, the next one keeps as spares
+(below) or empties.
 
 Recycling: a deleted file is first kept as a *spare* (up to ``MAX_SPARES``),
 and ``refill`` rewrites a spare with a new PID file's content so the tower
