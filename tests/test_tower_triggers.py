@@ -25,6 +25,7 @@ from mockfleet.tower.triggers import (
     sanitize_name,
     start_name_to_id,
     write_start,
+    write_starts,
     write_stop,
     write_upgrade,
 )
@@ -111,6 +112,54 @@ def test_writers_are_atomic_and_parse_back(tmp_path: Path) -> None:
         write_start(tmp_path, "../evil", "a.yaml", 1)
     with pytest.raises(TriggerError, match="sha256"):
         write_upgrade(tmp_path, "1", "/x.whl", "nope")
+
+
+@pytest.mark.parametrize("n", [3, 40])  # an fsync each, and one syncfs for all
+def test_a_batch_of_starts_is_what_one_start_at_a_time_writes(tmp_path: Path, n: int) -> None:
+    one = write_start(tmp_path / "one", "dev-0", "lots/a.yaml", 0)
+    paths = write_starts(tmp_path / "batch", [(f"dev-{i}", "lots/a.yaml", i) for i in range(n)])
+    assert paths == [tmp_path / "batch" / "start" / f"dev-{i}.json" for i in range(n)]
+    assert paths[0].read_bytes() == one.read_bytes()
+    for i, path in enumerate(paths):
+        req = parse_start(f"dev-{i}", path.read_bytes(), str(tmp_path))
+        assert req.lot == os.path.abspath("lots/a.yaml") and req.index == i
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path / "batch" / "tmp") == []
+    assert write_starts(tmp_path / "batch", []) == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [(("../evil", "a.yaml", 1), "starts with a dot"), (("dev-9", "a.yaml", -1), "index")],
+)
+def test_a_batch_with_one_bad_start_queues_none_of_it(
+    tmp_path: Path, bad: tuple[str, str, int], reason: str
+) -> None:
+    with pytest.raises(TriggerError, match=reason):
+        write_starts(tmp_path, [("dev-1", "a.yaml", 1), bad, ("dev-2", "a.yaml", 2)])
+    assert not (tmp_path / "start").exists() or os.listdir(tmp_path / "start") == []
+    assert not (tmp_path / "tmp").exists() or os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_batch_that_fails_midway_leaves_no_temporaries(tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE, in a child) lets the first trigger of
+    the batch be written and fails the second, whose lot path is long."""
+    script = (
+        "import resource, signal, sys\n"
+        "from mockfleet.tower.triggers import write_starts\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "try:\n"
+        "    write_starts(sys.argv[1], [('dev-1', '/a.yaml', 1), ('dev-2', '/' + 'b' * 200, 2)])\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "27", out  # EFBIG
+    assert os.listdir(tmp_path / "start") == []
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 @pytest.mark.parametrize(

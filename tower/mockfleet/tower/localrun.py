@@ -29,12 +29,14 @@ import yaml
 
 from mockfleet.mock.lot import LotError, MockLot
 from mockfleet.tower import runplan
-from mockfleet.tower.triggers import write_start, write_stop
+from mockfleet.tower.triggers import write_starts, write_stop
 
 EXIT_OK = 0
 EXIT_CHECKS_FAILED = 1
 EXIT_INVALID = 3
 EXIT_INTERRUPTED = 130
+#: Start triggers written and made durable together (see triggers.write_starts).
+START_BATCH = 256
 _PR_SET_PDEATHSIG = 1
 
 
@@ -262,8 +264,11 @@ class LocalRun:
                 # start triggers at the ramp rate (the directory is the tower's queue)
                 due = n if not ramp else min(n, int((now - t0) * ramp) + 1)
                 while started < due and not self.interrupted:
-                    write_start(root, ids[started], lot_file, started)
-                    started += 1
+                    # in batches: one sync for all (not two fsyncs each), and the
+                    # tower starts on the first while the next is written
+                    upto = min(due, started + START_BATCH)
+                    write_starts(root, [(ids[i], lot_file, i) for i in range(started, upto)])
+                    started = upto
                 if now >= next_status:
                     self.status = self._tower_status()
                     self._progress(lot, started, live)

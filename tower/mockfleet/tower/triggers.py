@@ -10,12 +10,14 @@ See docs/triggers.md for the public contract.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +218,12 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def atomic_write(
     path: str | os.PathLike[str],
     data: bytes,
@@ -233,9 +241,7 @@ def atomic_write(
     tmp = os.path.join(tmp_base, f".{base}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -256,14 +262,65 @@ def write_start(
     root: str | os.PathLike[str], mock_id: str, lot_path: str | os.PathLike[str], index: int
 ) -> Path:
     """Ask the tower at ``root`` to start device ``index`` of the lot as ``mock_id``."""
+    target, data = _start_trigger(root, mock_id, lot_path, index)
+    ensure_dirs(root)
+    atomic_write(target, data, Path(root, "tmp"))
+    return target
+
+
+def _start_trigger(
+    root: str | os.PathLike[str], mock_id: str, lot_path: str | os.PathLike[str], index: int
+) -> tuple[Path, bytes]:
+    """A start trigger's path and content; TriggerError for a bad id or index."""
     check_mock_id(mock_id)
-    lot = os.path.abspath(os.fspath(lot_path))
     if isinstance(index, bool) or not 0 <= index <= MAX_INDEX:
         raise TriggerError(f"index must be an integer in 0..{MAX_INDEX}")
+    lot = os.path.abspath(os.fspath(lot_path))
+    return Path(root, "start", mock_id + START_SUFFIX), _dumps({"lot": lot, "index": index})
+
+
+def write_starts(
+    root: str | os.PathLike[str],
+    starts: Iterable[tuple[str, str | os.PathLike[str], int]],
+) -> list[Path]:
+    """``write_start`` for each ``(mock_id, lot_path, index)``, made durable
+    together: every temporary file is written first, then one ``syncfs``
+    (an fsync each below ``SYNCFS_FROM``), then the renames and one fsync of
+    ``start/``. Two fsyncs per trigger cost about 1 ms here, the batch about
+    0.05 ms a trigger. Every request is checked before anything is written:
+    a bad one raises TriggerError and queues none of the batch."""
+    from mockfleet.tower.durable import SYNCFS_FROM, fsync_path
+    from mockfleet.tower.linux import syncfs
+
+    todo = [_start_trigger(root, *start) for start in starts]
+    if not todo:
+        return []
     ensure_dirs(root)
-    target = Path(root, "start", mock_id + START_SUFFIX)
-    atomic_write(target, _dumps({"lot": lot, "index": index}), Path(root, "tmp"))
-    return target
+    tmp_dir = Path(root, "tmp")
+    written: list[tuple[str, Path]] = []
+    try:
+        for target, data in todo:
+            tmp = os.path.join(tmp_dir, f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            written.append((tmp, target))
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        if len(written) >= SYNCFS_FROM:
+            syncfs(os.fspath(tmp_dir))
+        else:
+            for tmp, _target in written:
+                fsync_path(tmp)
+    except BaseException:
+        for tmp, _target in written:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for tmp, target in written:
+        os.rename(tmp, target)
+    fsync_dir(Path(root, "start"))
+    return [target for _tmp, target in written]
 
 
 def write_stop(root: str | os.PathLike[str], mock_id: str) -> Path:
