@@ -18,6 +18,7 @@ from mockfleet.tower.pidfiles import PidRecord, check_identity, parse_pid_record
 from mockfleet.tower.triggers import (
     MAX_TRIGGER_BYTES,
     TriggerError,
+    atomic_write_many,
     check_mock_id,
     parse_start,
     parse_upgrade,
@@ -139,6 +140,19 @@ def test_a_batch_with_one_bad_start_queues_none_of_it(
         write_starts(tmp_path, [("dev-1", "a.yaml", 1), bad, ("dev-2", "a.yaml", 2)])
     assert not (tmp_path / "start").exists() or os.listdir(tmp_path / "start") == []
     assert not (tmp_path / "tmp").exists() or os.listdir(tmp_path / "tmp") == []
+
+
+def test_many_files_in_several_directories_are_published_together(tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    items = [(tmp_path / "a" / f"f{i}", f"a{i}".encode()) for i in range(20)]
+    items += [(tmp_path / "b" / "g", b"")]
+    atomic_write_many(items, tmp_path / "tmp")
+    for path, data in items:
+        assert path.read_bytes() == data
+    assert os.listdir(tmp_path / "tmp") == []
+    atomic_write_many([], tmp_path / "tmp")  # nothing to do
 
 
 def test_a_batch_that_fails_midway_leaves_no_temporaries(tmp_path: Path) -> None:

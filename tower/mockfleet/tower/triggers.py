@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,23 +284,34 @@ def write_starts(
     starts: Iterable[tuple[str, str | os.PathLike[str], int]],
 ) -> list[Path]:
     """``write_start`` for each ``(mock_id, lot_path, index)``, made durable
-    together: every temporary file is written first, then one ``syncfs``
-    (an fsync each below ``SYNCFS_FROM``), then the renames and one fsync of
-    ``start/``. Two fsyncs per trigger cost about 1 ms here, the batch about
-    0.05 ms a trigger. Every request is checked before anything is written:
-    a bad one raises TriggerError and queues none of the batch."""
+    together (``atomic_write_many``). Every request is checked before
+    anything is written: a bad one raises TriggerError and queues none of the
+    batch."""
+    todo = [_start_trigger(root, *start) for start in starts]
+    if todo:
+        ensure_dirs(root)
+        atomic_write_many(todo, Path(root, "tmp"))
+    return [target for target, _data in todo]
+
+
+def atomic_write_many(
+    items: Sequence[tuple[str | os.PathLike[str], bytes]], tmp_dir: str | os.PathLike[str]
+) -> None:
+    """``atomic_write`` for many files at once: every temporary file is written
+    first, then made durable together (one ``syncfs`` from ``SYNCFS_FROM``
+    files on, an fsync each below), then renamed into place, and each target
+    directory is fsynced once. Two fsyncs per file cost about 1.2 ms of wall
+    time here; a batch of 256 about 0.16 ms a file. If anything fails before
+    the renames, no temporary is left and no file is published."""
     from mockfleet.tower.durable import SYNCFS_FROM, fsync_path
     from mockfleet.tower.linux import syncfs
 
-    todo = [_start_trigger(root, *start) for start in starts]
-    if not todo:
-        return []
-    ensure_dirs(root)
-    tmp_dir = Path(root, "tmp")
-    written: list[tuple[str, Path]] = []
+    written: list[tuple[str, str]] = []
     try:
-        for target, data in todo:
-            tmp = os.path.join(tmp_dir, f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        for path, data in items:
+            target = os.fspath(path)
+            name = os.path.basename(target)
+            tmp = os.path.join(tmp_dir, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             written.append((tmp, target))
             try:
@@ -319,8 +330,8 @@ def write_starts(
         raise
     for tmp, target in written:
         os.rename(tmp, target)
-    fsync_dir(Path(root, "start"))
-    return [target for _tmp, target in written]
+    for directory in dict.fromkeys(os.path.dirname(target) or "." for _tmp, target in written):
+        fsync_dir(directory)
 
 
 def write_stop(root: str | os.PathLike[str], mock_id: str) -> Path:
