@@ -8,13 +8,19 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mockfleet.tower import policy
 from mockfleet.tower.linux import boot_id, parse_proc_stat, proc_stat
-from mockfleet.tower.pidfiles import PidRecord, check_identity, parse_pid_record
+from mockfleet.tower.pidfiles import (
+    PidRecord,
+    check_identity,
+    parse_pid_record,
+    reaped_after_start,
+)
 from mockfleet.tower.triggers import (
     MAX_TRIGGER_BYTES,
     TriggerError,
@@ -219,6 +225,18 @@ def test_identity_check_refuses_a_stranger_with_the_same_pid() -> None:
         proc.kill()
         proc.wait()
     assert check_identity(rec, boot_id()) is None  # dead
+
+
+def test_an_exit_reaped_before_a_process_started_was_an_earlier_owner_of_its_pid() -> None:
+    # started at tick 1000 (10.00 s after boot at 100 ticks a second)
+    assert reaped_after_start(10.5, 1000, 100)  # died after it started: its own
+    assert reaped_after_start(10.0, 1000, 100)
+    assert not reaped_after_start(9.99, 1000, 100)  # reaped before: a stale entry
+    # a real process: its start is not after now, on the same clock
+    stat = proc_stat(os.getpid())
+    assert stat is not None
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert reaped_after_start(now, stat.start_ticks, os.sysconf("SC_CLK_TCK"))
 
 
 def test_pid_records_are_validated() -> None:

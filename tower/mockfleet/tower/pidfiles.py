@@ -93,6 +93,15 @@ def read_pid_file(path: str) -> PidRecord:
     return parse_pid_record(data)
 
 
+def reaped_after_start(reaped_boot_s: float, start_ticks: int, hz: int) -> bool:
+    """Can an exit reaped at ``reaped_boot_s`` (CLOCK_BOOTTIME seconds) be that
+    of the process that started at ``start_ticks`` (clock ticks since boot, as
+    in /proc/PID/stat)? A PID is handed out again only after its last owner
+    was reaped, so an exit reaped before the process started was an earlier
+    owner's. The start is rounded down to a tick, which only accepts more."""
+    return reaped_boot_s >= start_ticks / hz
+
+
 def identity_matches(rec: PidRecord, boot: str, stat: ProcStat | None, me: int) -> bool:
     """Is the process described by ``stat`` the one ``rec`` names?
 

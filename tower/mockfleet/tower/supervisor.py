@@ -45,6 +45,7 @@ from mockfleet.tower.pidfiles import (
     check_identity,
     pid_record_from,
     read_pid_file,
+    reaped_after_start,
     write_pid_file,
 )
 from mockfleet.tower.trash import Trash
@@ -75,6 +76,12 @@ HANDOVER = "handover.json"
 
 #: Seconds before a start that failed for a passing reason (a fork) is tried again.
 RETRY_START_AFTER = 1.0
+#: Unknown children's exits kept at most (see ``early_exits``), and for how long
+#: (seconds) once there are that many.
+EARLY_EXITS_MAX = 1000
+EARLY_EXIT_KEEP = 60.0
+#: Clock ticks per second of /proc/PID/stat's start times.
+CLOCK_HZ = os.sysconf("SC_CLK_TCK")
 
 
 def mock_oom_score_adj(offset: int, own: int | None = None) -> int | None:
@@ -204,7 +211,9 @@ class Tower:
         #: running mocks whose PID file is not yet durable: id -> (sync ticket, mock);
         #: their start triggers are deleted once it is
         self.syncing: dict[str, tuple[int, Mock]] = {}
-        self.early_exits: dict[int, int] = {}
+        #: exits of children not known yet (a mock whose zygote reply is still
+        #: on its way): pid -> (wait status, reaped at, CLOCK_BOOTTIME seconds)
+        self.early_exits: dict[int, tuple[int, float]] = {}
         self.free_slots = list(range(cfg.max_mocks - 1, -1, -1))
         self.used_slots: set[int] = set()
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -692,9 +701,9 @@ class Tower:
                 version=m.version,
                 idle=m.idle,
             )
-            status = self.early_exits.pop(m.pid, None)
-            if status is not None:
-                self.on_exit(m, status)
+            early = self.early_exits.pop(m.pid, None)
+            if early is not None and reaped_after_start(early[1], m.start_ticks, CLOCK_HZ):
+                self.on_exit(m, early[0])
             elif m.stop_requested:
                 self._signal(m, signal.SIGTERM)
                 self._arm_stop_deadline(m)
@@ -876,9 +885,15 @@ class Tower:
                 continue
             m = self.by_pid.get(pid)
             if m is None or m.state == "starting":
-                if len(self.early_exits) > 10000:
-                    self.early_exits.clear()
-                self.early_exits[pid] = status
+                now_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+                if len(self.early_exits) >= EARLY_EXITS_MAX:
+                    # Not children of ours to come (orphans a device left, say):
+                    # a start's reply comes within seconds, so drop the old ones.
+                    cutoff = now_boot - EARLY_EXIT_KEEP
+                    for old_pid, (_st, at) in list(self.early_exits.items()):
+                        if at < cutoff:
+                            del self.early_exits[old_pid]
+                self.early_exits[pid] = (status, now_boot)
                 continue
             if status == 0 and not m.stop_requested:
                 # A clean exit may answer a stop file written after the read above
