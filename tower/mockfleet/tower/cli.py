@@ -80,6 +80,14 @@ def add_tower_arguments(p: argparse.ArgumentParser) -> None:
         "where the tower can bring mocks back (CAP_SYS_NICE, as root, or RLIMIT_NICE >= 15).",
     )
     p.add_argument(
+        "--no-exit-keepers",
+        dest="exit_keepers",
+        action="store_false",
+        help="Run mocks without their keepers (a second process per mock that shares its "
+        "memory, so that the kernel reports a killed mock's exit before tearing that memory "
+        "down: about 3x faster exit detection on a busy machine, for a process more per mock).",
+    )
+    p.add_argument(
         "--max-mocks",
         type=argtypes.positive_int,
         default=32768,
@@ -181,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         device=args.device or DEFAULT_DEVICE,
         max_mocks=args.max_mocks,
         start_priority=args.start_priority,
+        exit_keepers=args.exit_keepers,
         restart_overrides=overrides,
         events_stderr=args.events_stderr,
         plan=os.path.abspath(args.plan) if args.plan else None,

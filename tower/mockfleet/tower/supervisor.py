@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mockfleet.tower import policy, priority
+from mockfleet.tower import keeper, policy, priority
 from mockfleet.tower.durable import Syncer
 from mockfleet.tower.events import EventLog, log
 from mockfleet.tower.linux import (
@@ -122,6 +122,9 @@ class TowerConfig:
     max_inflight: int = 64
     #: ``auto``, ``idle`` or ``normal``: see mockfleet.tower.priority
     start_priority: str = "auto"
+    #: a keeper process per mock, so its death is reported before its memory
+    #: is torn down: see mockfleet.tower.keeper
+    exit_keepers: bool = True
     restart_overrides: dict[str, Any] = field(default_factory=dict)
     events_stderr: bool = False
     #: Kubernetes: a mounted plan ConfigMap turned into triggers for ``node``
@@ -148,6 +151,8 @@ class TowerConfig:
         argv += ["--max-mocks", str(self.max_mocks)]
         if self.start_priority != "auto":
             argv += ["--start-priority", self.start_priority]
+        if not self.exit_keepers:
+            argv += ["--no-exit-keepers"]
         flags = {
             "policy": "--restart-policy",
             "maxRestarts": "--restart-max",
@@ -302,6 +307,7 @@ class Tower:
             "rlimit_as": self.cfg.rlimit_as,
             "rlimit_nofile": self.cfg.rlimit_nofile,
             "oom_score_adj": mock_oom_score_adj(self.cfg.mock_oom_score_adj),
+            "keepers": self.cfg.exit_keepers and keeper.supported(),
         }
         # spawned by run() after the first rescan: adopting the running mocks
         # (an in-place upgrade) comes first, without a preloading zygote beside it
@@ -873,11 +879,27 @@ class Tower:
         self._on_inotify()
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # Look before reaping: while a dead child is unreaped, its PID
+                # (and so its process group's ID) cannot be anyone else's.
+                dead = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 self.no_children = True
                 return
-            if pid == 0:
+            if dead is None:
+                self.no_children = False
+                return
+            pid = dead.si_pid
+            known = self.by_pid.get(pid)
+            if known is not None and known.state != "starting":
+                # Its keeper (see mockfleet.tower.keeper), and anything else the
+                # device left in its group, end with it.
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+            try:
+                pid, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if pid == 0:  # not reapable after all: the next SIGCHLD comes back here
                 self.no_children = False
                 return
             if pid == self.zygote.pid:
@@ -1015,7 +1037,19 @@ class Tower:
 
     def _on_pidfd(self, m: Mock) -> None:
         if self.by_pid.get(m.pid) is m:
+            self._end_group_of_dead(m)
             self.on_exit(m, None)
+
+    def _end_group_of_dead(self, m: Mock) -> None:
+        """Kill what is left in the process group of a dead mock that is not our
+        child (its keeper: see mockfleet.tower.keeper). Not if its PID is now
+        another process's: a group outlives its leader only while it has
+        members, and a PID is reused only once nothing holds it."""
+        stat = proc_stat(m.pid)
+        if stat is not None and stat.start_ticks != m.start_ticks:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(m.pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ rescan
 
@@ -1094,6 +1128,8 @@ class Tower:
         if not alive or not slot_ok:
             m.state = "running"
             m.slot = -1
+            if not alive:
+                self._end_group_of_dead(m)  # died while no tower watched: its keeper
             self.on_exit(m, None)  # lost: how it ended is unknown
             return None
         m.state = "running"

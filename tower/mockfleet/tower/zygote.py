@@ -35,7 +35,7 @@ from typing import Any
 
 from mockfleet.mock.counters import map_slot
 from mockfleet.mock.rawsignal import raw_signal
-from mockfleet.tower import forkhooks, immortal, prefork, sibling
+from mockfleet.tower import forkhooks, immortal, keeper, prefork, sibling
 from mockfleet.tower.linux import proc_stat, set_oom_score_adj, set_process_name
 from mockfleet.tower.priority import MOCK_NICE
 
@@ -51,6 +51,8 @@ _PARAM0 = os.sched_param(0)
 #: Exit code of a mock whose start was never committed (the tower died or
 #: shut down before writing its PID file). Nobody records it.
 EXIT_UNCOMMITTED = 75
+#: A mock's process name (its keeper's is keeper.KEEPER_NAME).
+MOCK_NAME = "mf-mock"
 ZYGOTE_FD = 3
 #: Most starts one batch (one intermediate process, in a double fork) holds.
 MAX_BATCH = 32
@@ -372,7 +374,7 @@ class Zygote:
     ) -> None:
         """Right after the fork, in the mock: drop the other mocks' descriptors
         and the zygote's own (its lot validator's socket)."""
-        set_process_name("mf-mock")
+        set_process_name(MOCK_NAME)
         self.forget_validator()
         if report_w is not None:
             os.close(report_w)
@@ -385,6 +387,7 @@ class Zygote:
     def _mock(self, req: dict[str, Any], lot: Any, gate_r: int) -> None:
         """The mock process. Never returns."""
         code = 1
+        keeper_pid: int | None = None
         try:
             # Its own process group (killpg reaches all of it), but the zygote's
             # session: see own_session.
@@ -429,6 +432,10 @@ class Zygote:
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
+            if self.cfg.get("keepers"):
+                # after the privilege drop and the limits, before the device
+                # opens anything: see mockfleet.tower.keeper
+                keeper_pid = keeper.spawn(MOCK_NAME)
             slot = map_slot(self.counters_fd, int(req["slot"]), self.counters_size)
             os.close(self.counters_fd)
             slot.reset(os.getpid(), time.time())
@@ -445,6 +452,11 @@ class Zygote:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
+            if keeper_pid is not None:
+                # ending by itself: the keeper (an unreaped child of ours, so
+                # the PID is still its) has nothing left to keep
+                with contextlib.suppress(OSError):
+                    os.kill(keeper_pid, signal.SIGKILL)
             os._exit(code)
 
 
