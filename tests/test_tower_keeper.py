@@ -126,8 +126,7 @@ def test_a_new_tower_ends_the_keeper_of_a_mock_that_died_while_none_ran(base: Pa
         assert reaper.wait(timeout=60) == 0  # every orphan ended and was reaped
     finally:
         if tower2 is not None and tower2.proc.poll() is None:
-            tower2.proc.kill()
-            tower2.proc.wait()
+            tower2.stop(timeout=60)  # SIGTERM: its mocks are not ours to find
         if reaper.poll() is None:
             for p in psutil.Process(reaper.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
