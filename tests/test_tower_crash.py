@@ -16,11 +16,18 @@ from pathlib import Path
 import psutil
 import pytest
 from support.polling import wait_for
-from support.tower_harness import DEVICE, TowerProc, exits, no_leftovers, pids, write_lot
+from support.tower_harness import (
+    DEVICE,
+    SUBREAPER,
+    TowerProc,
+    exits,
+    kill_reaper,
+    no_leftovers,
+    pids,
+    write_lot,
+)
 
 from mockfleet.tower.triggers import ensure_dirs
-
-SUBREAPER = str(Path(__file__).parent / "support" / "tower_subreaper.py")
 
 
 @pytest.fixture
@@ -118,12 +125,7 @@ def test_kill_9_of_the_tower_while_starting_1000(base: Path) -> None:
         for pid in tracked:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if reaper.poll() is None:
-            for p in psutil.Process(reaper.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            reaper.kill()
-            reaper.wait()
+        kill_reaper(reaper)
         log.close()
 
 

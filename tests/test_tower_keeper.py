@@ -14,12 +14,19 @@ from pathlib import Path
 import psutil
 import pytest
 from support.polling import wait_for
-from support.tower_harness import DEVICE, TowerProc, exits, no_leftovers, pids, write_lot
+from support.tower_harness import (
+    DEVICE,
+    SUBREAPER,
+    TowerProc,
+    exits,
+    kill_reaper,
+    no_leftovers,
+    pids,
+    write_lot,
+)
 
 from mockfleet.tower import keeper
 from mockfleet.tower.triggers import write_start, write_stop
-
-SUBREAPER = str(Path(__file__).parent / "support" / "tower_subreaper.py")
 
 pytestmark = pytest.mark.skipif(not keeper.supported(), reason="keepers run on x86-64 Linux")
 
@@ -127,10 +134,5 @@ def test_a_new_tower_ends_the_keeper_of_a_mock_that_died_while_none_ran(base: Pa
     finally:
         if tower2 is not None and tower2.proc.poll() is None:
             tower2.stop(timeout=60)  # SIGTERM: its mocks are not ours to find
-        if reaper.poll() is None:
-            for p in psutil.Process(reaper.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            reaper.kill()
-            reaper.wait()
+        kill_reaper(reaper)
         log.close()

@@ -25,6 +25,8 @@ import yaml
 from support.polling import wait_for
 
 DEVICE = str(Path(__file__).with_name("tower_device.py")) + ":run"
+#: A tiny init that reaps what a killed tower leaves: ``python SUBREAPER CMD...``.
+SUBREAPER = str(Path(__file__).with_name("tower_subreaper.py"))
 
 
 def write_lot(
@@ -152,6 +154,16 @@ def kill_tree(procs: list[psutil.Process]) -> None:
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.kill()
+
+
+def kill_reaper(reaper: subprocess.Popen[bytes]) -> None:
+    """Kill a test subreaper (support/tower_subreaper.py) and all it still runs."""
+    if reaper.poll() is None:
+        for p in psutil.Process(reaper.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        reaper.kill()
+        reaper.wait()
 
 
 @contextlib.contextmanager
