@@ -31,6 +31,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from mockfleet.tower.keeper import KEEPER_NAME
+
 LOT = {
     "apiVersion": "mockfleet.dev/v1alpha1",
     "kind": "MockLot",
@@ -53,10 +55,14 @@ LOT = {
 
 
 def tree_pids(root: int) -> list[int]:
-    """Every descendant of ``root`` (re-parented devices included), read from
-    /proc directly: processes come and go by the thousand here, and one that
-    vanishes mid-walk must not spoil the count."""
+    """Every descendant of ``root`` (re-parented devices included) but the
+    devices' keepers, read from /proc directly: processes come and go by the
+    thousand here, and one that vanishes mid-walk must not spoil the count. A
+    keeper (mockfleet.tower.keeper) shares its device's address space: it is
+    not a device, and its memory is the device's."""
     parent: dict[int, int] = {}
+    keepers: set[int] = set()
+    name = KEEPER_NAME.encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -66,20 +72,24 @@ def tree_pids(root: int) -> list[int]:
         except OSError:
             continue
         # the command name may hold spaces and parentheses: split after the last ")"
-        parent[int(entry.name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        end = stat.rindex(b")")
+        parent[int(entry.name)] = int(stat[end + 2 :].split()[1])
+        if stat[stat.index(b"(") + 1 : end] == name:
+            keepers.add(int(entry.name))
     kids: dict[int, list[int]] = {}
     for pid, ppid in parent.items():
         kids.setdefault(ppid, []).append(pid)
     out, todo = [], [root]
     while todo:
         for child in kids.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
+            if child not in keepers:
+                out.append(child)
+                todo.append(child)
     return out
 
 
 def tree_pss(root: int) -> float:
-    """PSS MiB of a process tree."""
+    """PSS MiB of a process tree (keepers left out: see ``tree_pids``)."""
     pss = 0.0
     for pid in [root, *tree_pids(root)]:
         with contextlib.suppress(psutil.Error):
