@@ -218,6 +218,12 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _temporary(tmp_dir: str | os.PathLike[str], name: str) -> str:
+    """A temporary's path for ``name``: a dot-file (the tower ignores those),
+    unique to this process and moment."""
+    return os.path.join(tmp_dir, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -238,7 +244,7 @@ def atomic_write(
     directory = os.path.dirname(path) or "."
     tmp_base = os.fspath(tmp_dir) if tmp_dir is not None else directory
     base = os.path.basename(path)
-    tmp = os.path.join(tmp_base, f".{base}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp = _temporary(tmp_base, base)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, data)
@@ -311,7 +317,7 @@ def atomic_write_many(
         for path, data in items:
             target = os.fspath(path)
             name = os.path.basename(target)
-            tmp = os.path.join(tmp_dir, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+            tmp = _temporary(tmp_dir, name)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             written.append((tmp, target))
             try:
